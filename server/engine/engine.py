@@ -1,0 +1,273 @@
+"""The engine API the service uses: a validated variable spec in, the tensor's bytes out, in order.
+
+    engine = Engine()                                    # a worker per JAX device
+    prepared = engine.prepare(spec, seed=42)             # validates; raises SpecError
+    for values in engine.stream(prepared): ...           # numpy arrays of the final dtype, whose
+                                                         # concatenation is the C-order tensor (slice)
+Generation is pipelined: the next pieces are being generated on the workers while the caller
+consumes the current one, and at most `lookahead` pieces are in flight per stream, so memory stays
+flat whatever the tensor size. Closing the stream cancels what has not started.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import dtypes, initializers, kernels, rng, sampling, structured
+from .dtypes import DTypeInfo, Kind
+from .initializers import Broadcast, Fill, Normal, Recipe, Structured, Uniform
+from .plan import Piece, Plan
+from .spec import MAX_NAME_BYTES, MAX_RANK, SpecError, VariableSpec
+from .workers import Job, WorkerPool
+
+MAX_ELEMENTS = rng.MAX_BLOCKS * rng.BLOCK_ELEMENTS
+"""The contract's largest variable: block indices are 32-bit."""
+
+
+class LimitError(SpecError):
+    """A valid spec beyond a configured limit (the service's RESOURCE_EXHAUSTED)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the client is told about a variable before its bytes."""
+
+    name: str
+    shape: tuple[int, ...]  # the full tensor's shape
+    dtype: str
+    slice: tuple[tuple[int, int], ...]  # the delivered hyperslab; () = the whole tensor
+    byte_size: int  # bytes delivered (of the slice, when there is one)
+    seed: int  # the effective seed
+    generator: str
+    zero_reason: str  # why a random initializer gave zeros ("" = it did not)
+    sequence_index: int = -1  # the variable's position in a sequential session, else -1
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in self.slice) if self.slice else self.shape
+
+
+@dataclass(frozen=True)
+class Prepared:
+    spec: VariableSpec
+    info: TensorInfo
+    dtype: DTypeInfo
+    recipe: Recipe
+    plan: Plan
+    key: rng.Key
+
+
+def check_shape(shape: tuple[int, ...]) -> int:
+    """The element count of a valid shape; SpecError otherwise. Cheap whatever the dims say."""
+    if len(shape) > MAX_RANK:
+        raise SpecError("shape", f"rank {len(shape)} exceeds {MAX_RANK}")
+    for axis, d in enumerate(shape):
+        if d < 0:
+            raise SpecError(f"shape[{axis}]", f"dimension {d} is negative")
+    size = 1
+    for d in shape:
+        size *= d
+    if size > MAX_ELEMENTS:
+        raise SpecError("shape", f"{list(shape)} has {size} elements, more than weightgen/1 allows ({MAX_ELEMENTS})")
+    return size
+
+
+def validate_name(name: str) -> None:
+    if not name:
+        raise SpecError("name", "is empty")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise SpecError("name", f"is longer than {MAX_NAME_BYTES} bytes")
+
+
+class Engine:
+    """Generates tensors on a worker pool (default: one worker per JAX device)."""
+
+    def __init__(
+        self, pool: WorkerPool | None = None, *, max_structured_elements: int = 1 << 24, lookahead: int | None = None
+    ):
+        self.pool = pool or WorkerPool()
+        self.max_structured_elements = max_structured_elements
+        self.lookahead = lookahead or 2 * self.pool.width + 1
+
+    def warm(self, precisions: tuple[str, ...] = ("float32", "float64")) -> int:
+        """Compile every block program on every device, so no request waits for XLA."""
+        return self.pool.warm(precisions)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # -- preparing ---------------------------------------------------------------------------
+
+    def prepare(
+        self, spec: VariableSpec, *, seed: int, key: rng.Key | None = None, sequence_index: int = -1
+    ) -> Prepared:
+        """Validate `spec` completely and resolve its recipe. `seed` is the effective seed (0 picks
+        a random one, reported in the info); `key` overrides the by-name key (sequential sessions)."""
+        validate_name(spec.name)
+        shape = tuple(int(d) for d in spec.shape)
+        size = check_shape(shape)
+        if spec.dtype not in dtypes.DTYPES:
+            raise SpecError("dtype", f"unknown dtype {spec.dtype!r}")
+        dtype = dtypes.lookup(spec.dtype)
+        if spec.initializer is None:
+            raise SpecError("initializer", "missing (and no session default)")
+        if not 0 <= seed < 1 << 64:
+            raise SpecError("seed", f"{seed} is not a uint64")
+        if seed == 0:  # GoMLX's NoSeed: pick one, and report it in the info
+            seed = rng.random_seed()
+        plan = Plan.of(shape, tuple(spec.slice))
+        recipe = initializers.resolve(spec.initializer, shape, dtype)
+        if isinstance(recipe, Structured) and size > self.max_structured_elements:
+            raise LimitError(
+                "shape",
+                f"{spec.initializer.kind} builds the whole tensor: {size} elements exceed the limit "
+                f"of {self.max_structured_elements}",
+            )
+        if isinstance(recipe, Uniform | Normal):
+            self._affine(recipe, dtype)  # validates that the scaled values fit the compute precision
+        info = TensorInfo(
+            name=spec.name,
+            shape=shape,
+            dtype=dtype.name,
+            slice=() if plan.is_whole else tuple(zip(plan.start, plan.stop, strict=True)),
+            byte_size=plan.size * dtype.itemsize,
+            seed=seed,
+            generator=rng.GENERATOR,
+            zero_reason=recipe.zero_reason if isinstance(recipe, Fill) else "",
+            sequence_index=sequence_index,
+        )
+        return Prepared(spec, info, dtype, recipe, plan, key if key is not None else rng.variable_key(seed, spec.name))
+
+    @staticmethod
+    def _affine(recipe: Uniform | Normal, dtype: DTypeInfo) -> sampling.Affine:
+        precision = dtype.compute.name
+        complex_parts = dtype.kind is Kind.COMPLEX
+        if isinstance(recipe, Uniform):
+            affine = sampling.uniform(recipe.low, recipe.high, precision)
+        else:
+            stddev = recipe.stddev / math.sqrt(2) if complex_parts else recipe.stddev
+            affine = sampling.normal(recipe.mean, stddev, recipe.lower, recipe.upper, precision)
+        scaled = np.asarray([affine.coefficients[i] for i in (0, 1, 4, 5)], np.float64)
+        with np.errstate(over="ignore"):
+            if not np.all(np.isfinite(scaled.astype(dtype.compute))):
+                raise SpecError(
+                    "initializer", f"parameters overflow the {precision} computation of {dtype.name} values"
+                )
+        return affine
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def stream(self, prepared: Prepared) -> Iterator[np.ndarray]:
+        """The delivered tensor as consecutive flat arrays of its dtype (read-only; do not keep
+        references longer than needed)."""
+        recipe, dtype, plan = prepared.recipe, prepared.dtype, prepared.plan
+        if plan.size == 0:
+            return iter(())
+        if isinstance(recipe, Fill):
+            return self._fill(recipe, dtype, plan)
+        if isinstance(recipe, Uniform | Normal):
+            return self._random(prepared.key, self._affine(recipe, dtype), dtype, plan)
+        if isinstance(recipe, Broadcast):
+            return _array_pieces(np.broadcast_to(recipe.base, plan.shape), plan)
+        return _array_pieces(self._structured(prepared, recipe), plan)
+
+    def generate(self, spec: VariableSpec, *, seed: int) -> np.ndarray:
+        """The whole delivered tensor as one array (a convenience for tests and benchmarks)."""
+        prepared = self.prepare(spec, seed=seed)
+        out = np.empty(prepared.plan.size, prepared.dtype.numpy)
+        at = 0
+        for values in self.stream(prepared):
+            out[at : at + values.size] = values
+            at += values.size
+        return out.reshape(prepared.info.out_shape)
+
+    def _fill(self, recipe: Fill, dtype: DTypeInfo, plan: Plan) -> Iterator[np.ndarray]:
+        value = recipe.value if dtype.kind is Kind.COMPLEX else recipe.value.real
+        buffer = np.full(min(plan.size, kernels.CALL_ELEMENTS), value, dtype.numpy)
+        buffer.flags.writeable = False
+        for at in range(0, plan.size, buffer.size):
+            yield buffer[: min(buffer.size, plan.size - at)]
+
+    def _random(self, key: rng.Key, affine: sampling.Affine, dtype: DTypeInfo, plan: Plan) -> Iterator[np.ndarray]:
+        yield from (dtypes.cast_final(v, dtype) for v in self._random_values(key, affine, dtype, plan))
+
+    def _random_values(
+        self, key: rng.Key, affine: sampling.Affine, dtype: DTypeInfo, plan: Plan
+    ) -> Iterator[np.ndarray]:
+        block = rng.BLOCK_ELEMENTS
+        parts = 2 if dtype.kind is Kind.COMPLEX else 1
+        pieces = plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS)
+        pending: deque[tuple[Piece, list[tuple[int, int, Future[np.ndarray]]]]] = deque()
+
+        def submit(piece: Piece) -> None:
+            calls = []
+            for lo, hi in piece.block_ranges(block):
+                for b in range(lo, hi, kernels.MAX_CALL_BLOCKS):
+                    n = min(kernels.MAX_CALL_BLOCKS, hi - b)
+                    job = Job(affine.family, dtype.compute.name, key, b, n, affine.coefficients, parts)
+                    calls.append((b, n, self.pool.submit(job)))
+            pending.append((piece, calls))
+
+        try:
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < self.lookahead:
+                    piece = next(pieces, None)
+                    if piece is None:
+                        exhausted = True
+                    else:
+                        submit(piece)
+                if not pending:
+                    return
+                piece, calls = pending.popleft()
+                yield _gather(piece, [(b, f.result()) for b, _, f in calls], block)
+        finally:
+            for _, calls in pending:
+                for _, _, future in calls:
+                    future.cancel()
+
+    def _structured(self, prepared: Prepared, recipe: Structured) -> np.ndarray:
+        dtype = prepared.dtype
+
+        def draw(n: int) -> np.ndarray:
+            affine = self._affine(Normal(0.0, 1.0), dtype)
+            values = self._random_values(prepared.key, affine, dtype, Plan.of((n,)))
+            return np.concatenate(list(values)) if n else np.zeros(0, dtype.compute)
+
+        spec = prepared.spec
+        return structured.build(recipe.kind, recipe.params, prepared.plan.shape, dtype, spec.initializer.fan_axes, draw)
+
+
+def _gather(piece: Piece, generated: list[tuple[int, np.ndarray]], block: int) -> np.ndarray:
+    """The piece's elements out of the generated blocks (a view when it is one run in one call)."""
+    if len(generated) == 1 and piece.starts.size == 1:
+        b, values = generated[0]
+        at = int(piece.starts[0]) - b * block
+        return values[at : at + piece.length]
+    first_flat = np.asarray([b * block for b, _ in generated], np.int64)
+    offsets = np.concatenate([[0], np.cumsum([v.size for _, v in generated])[:-1]]).astype(np.int64)
+    buffer = np.concatenate([v for _, v in generated])
+    # Generated calls are contiguous within a block range, so the call holding a run's first
+    # element also determines where the whole run sits in `buffer`.
+    which = np.searchsorted(first_flat, piece.starts, side="right") - 1
+    positions = offsets[which] + (piece.starts - first_flat[which])
+    index = positions[:, None] + np.arange(piece.length, dtype=np.int64)[None, :]
+    return buffer[index.ravel()]
+
+
+def _array_pieces(full: np.ndarray, plan: Plan) -> Iterator[np.ndarray]:
+    """A hyperslab of an in-memory (possibly broadcast) tensor as C-order pieces of bounded size."""
+    view = full[tuple(slice(a, b) for a, b in zip(plan.start, plan.stop, strict=True))]
+    if view.ndim == 0:
+        yield np.ascontiguousarray(view).reshape(1)
+        return
+    row = math.prod(view.shape[1:])
+    rows_per_piece = max(1, kernels.CALL_ELEMENTS // max(1, row))
+    for r in range(0, view.shape[0], rows_per_piece):
+        yield np.ascontiguousarray(view[r : r + rows_per_piece]).reshape(-1)

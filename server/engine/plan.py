@@ -1,0 +1,112 @@
+"""A variable's requested hyperslab as flat element runs, and the blocks those runs need.
+
+A hyperslab of a row-major tensor is a sequence of equal-length runs of consecutive flat indices,
+in increasing order: the trailing axes that the slice covers whole merge into one run with the
+first axis (from the end) that it cuts. A whole tensor is one run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .spec import SpecError
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part of the output: `starts.size` runs of `length` flat indices each, in output order."""
+
+    starts: np.ndarray  # int64 flat indices, increasing
+    length: int
+
+    @property
+    def size(self) -> int:
+        return int(self.starts.size) * self.length
+
+    def block_ranges(self, block: int) -> list[tuple[int, int]]:
+        """Half-open ranges of block indices the runs touch, merged and in order."""
+        first = self.starts // block
+        last = (self.starts + self.length - 1) // block
+        if self.starts.size == 1 or (first[1:] <= last[:-1] + 1).all():
+            return [(int(first[0]), int(last[-1]) + 1)]
+        gaps = np.flatnonzero(first[1:] > last[:-1] + 1)
+        lo = np.concatenate([[0], gaps + 1])
+        hi = np.concatenate([gaps, [first.size - 1]])
+        return [(int(first[a]), int(last[b]) + 1) for a, b in zip(lo, hi, strict=True)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    shape: tuple[int, ...]
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+
+    @staticmethod
+    def of(shape: tuple[int, ...], slice_: tuple[tuple[int, int], ...] = ()) -> Plan:
+        """The plan for `slice_` (one half-open (start, stop) per axis, or empty: everything)."""
+        if not slice_:
+            return Plan(tuple(shape), (0,) * len(shape), tuple(shape))
+        if len(slice_) != len(shape):
+            raise SpecError("slice", f"{len(slice_)} ranges for a tensor of rank {len(shape)}")
+        for axis, ((a, b), d) in enumerate(zip(slice_, shape, strict=True)):
+            if not 0 <= a <= b <= d:
+                raise SpecError(f"slice[{axis}]", f"range [{a}, {b}) is reversed or outside [0, {d}]")
+        return Plan(tuple(shape), tuple(a for a, _ in slice_), tuple(b for _, b in slice_))
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in zip(self.start, self.stop, strict=True))
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.out_shape)
+
+    @property
+    def is_whole(self) -> bool:
+        return self.start == (0,) * len(self.shape) and self.stop == self.shape
+
+    def _runs(self) -> tuple[int, int, list[int], list[int]]:
+        """(run length, first run's flat start, extents and strides of the outer axes)."""
+        rank = len(self.shape)
+        strides = [math.prod(self.shape[i + 1 :]) for i in range(rank)]
+        cut = rank - 1
+        while cut >= 0 and self.start[cut] == 0 and self.stop[cut] == self.shape[cut]:
+            cut -= 1
+        if cut < 0:  # whole tensor
+            return math.prod(self.shape), 0, [], []
+        length = (self.stop[cut] - self.start[cut]) * strides[cut]
+        outer = [i for i in range(cut) if self.stop[i] - self.start[i] != 1]
+        base = sum(self.start[i] * strides[i] for i in range(cut + 1))
+        return (
+            length,
+            base,
+            [self.stop[i] - self.start[i] for i in outer],
+            [strides[i] for i in outer],
+        )
+
+    def pieces(self, max_elements: int, align: int) -> Iterator[Piece]:
+        """The output as pieces of at most `max_elements` (at least one run), in order. A run longer
+        than that is cut at multiples of `align` flat indices, so each cut lies in one aligned window."""
+        if self.size == 0:
+            return
+        length, base, extents, strides = self._runs()
+        n_runs = math.prod(extents)
+        if length >= max_elements or n_runs == 1:
+            for r in range(n_runs):
+                start = base + (int(np.dot(np.unravel_index(r, extents), strides)) if extents else 0)
+                at, end = start, start + length
+                while at < end:
+                    cut = min(end, (at // align + 1) * align)
+                    yield Piece(np.array([at], np.int64), cut - at)
+                    at = cut
+            return
+        per_piece = max(1, max_elements // length)
+        stride_vec = np.asarray(strides, np.int64)
+        for r0 in range(0, n_runs, per_piece):
+            ids = np.arange(r0, min(n_runs, r0 + per_piece), dtype=np.int64)
+            index = np.stack(np.unravel_index(ids, extents), axis=1)
+            yield Piece(base + index @ stride_vec, length)

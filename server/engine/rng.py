@@ -1,0 +1,117 @@
+"""The RNG derivation of the determinism contract ``weightgen/1`` (docs/determinism.md).
+
+Every random bit comes from the threefry2x32 block cipher (Salmon et al., 2011) as JAX implements
+it. The raw primitive is called directly, so no JAX flag (``jax_threefry_partitionable``,
+``jax_default_prng_impl``) can change a value. With ``T(k, (x0, x1))`` the cipher of the counter
+pair ``(x0, x1)`` under key ``k``, and ``fold_in(k, d) = T(k, (0, d))`` (as ``jax.random.fold_in``):
+
+    root key        (seed >> 32, seed & 0xffffffff)            == jax.random.PRNGKey(seed)
+    by-name key     fold_in(fold_in(root, h0), h1)   h0, h1 = first two big-endian uint32
+                                                      words of SHA-256(UTF-8 name)
+    sequential key  fold_in(root, n)                  n-th random variable of a session
+    block key       fold_in(variable_key, b)          block b = flat elements [b*B, (b+1)*B)
+    block words     T(block_key, (0, j)) = (w0[j], w1[j])   for counters j = base .. base+C-1
+
+A 32-bit element i of a block (float32 and narrower) is ``w0[i]`` for i < B/2 and ``w1[i - B/2]``
+otherwise (C = B/2 counters); a 64-bit element i is ``w0[i] << 32 | w1[i]`` (C = B counters).
+Complex parts are two sub-streams of the block: the real part uses counters from base 0, the
+imaginary part counters from base C.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import secrets
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend.random import threefry2x32_p
+
+GENERATOR = "weightgen/1"
+"""Name and version of the determinism contract; part of every TensorInfo."""
+
+BLOCK_ELEMENTS = 1024
+"""B: elements per block. Part of the contract: fixed for weightgen/1 (bench/block_size.py)."""
+
+MAX_BLOCKS = 1 << 32
+"""Block indices are one uint32 counter word."""
+
+Key = tuple[int, int]
+
+
+def root_key(seed: int) -> Key:
+    """The threefry key of a 64-bit seed: the key words of ``jax.random.PRNGKey(seed)``."""
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"seed {seed} is not a uint64")
+    return (seed >> 32, seed & 0xFFFFFFFF)
+
+
+@functools.cache
+def _fold_in_program():
+    def fold(key, data):
+        y0, y1 = threefry2x32_p.bind(key[0], key[1], jnp.uint32(0), data)
+        return jnp.stack([y0, y1])
+
+    return jax.jit(fold)
+
+
+def fold_in(key: Key, data: int) -> Key:
+    """``jax.random.fold_in`` on raw threefry key words."""
+    out = np.asarray(_fold_in_program()(np.asarray(key, np.uint32), np.uint32(data)))
+    return (int(out[0]), int(out[1]))
+
+
+def name_words(name: str) -> tuple[int, int]:
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return int.from_bytes(digest[0:4], "big"), int.from_bytes(digest[4:8], "big")
+
+
+def variable_key(seed: int, name: str) -> Key:
+    """By-name mode: independent of every other variable and of request order."""
+    h0, h1 = name_words(name)
+    return fold_in(fold_in(root_key(seed), h0), h1)
+
+
+def sequential_key(seed: int, n: int) -> Key:
+    """Sequential mode (GoMLX's order-dependent state): the n-th random variable of a session."""
+    if not 0 <= n < 1 << 32:
+        raise ValueError(f"sequence position {n} is not a uint32")
+    return fold_in(root_key(seed), n)
+
+
+def random_seed() -> int:
+    """A fresh non-zero 64-bit seed, for requests that ask for seed 0 ("pick one")."""
+    while True:
+        seed = secrets.randbits(64)
+        if seed:
+            return seed
+
+
+def counters_per_block(bits: int) -> int:
+    """C: counter pairs one sub-stream of a block consumes (B/2 for 32-bit elements, B for 64)."""
+    return BLOCK_ELEMENTS // 2 if bits == 32 else BLOCK_ELEMENTS
+
+
+def block_words(key: jax.Array, block0: jax.Array, counter_base: jax.Array, n_blocks: int, bits: int) -> jax.Array:
+    """Traced: the raw words of `n_blocks` consecutive blocks from `block0`, as a flat array of
+    ``n_blocks * B`` uint32 (bits=32) or uint64 (bits=64) elements in block order."""
+    blocks = block0 + lax.iota(jnp.uint32, n_blocks)
+    zeros = jnp.zeros_like(blocks)
+    bk0, bk1 = threefry2x32_p.bind(
+        jnp.broadcast_to(key[0], blocks.shape), jnp.broadcast_to(key[1], blocks.shape), zeros, blocks
+    )
+    shape = (n_blocks, counters_per_block(bits))
+    counters = counter_base + lax.broadcasted_iota(jnp.uint32, shape, 1)
+    w0, w1 = threefry2x32_p.bind(
+        jnp.broadcast_to(bk0[:, None], shape),
+        jnp.broadcast_to(bk1[:, None], shape),
+        jnp.zeros(shape, jnp.uint32),
+        counters,
+    )
+    if bits == 32:
+        return jnp.concatenate([w0, w1], axis=1).reshape(n_blocks * BLOCK_ELEMENTS)
+    wide = (w0.astype(jnp.uint64) << jnp.uint64(32)) | w1.astype(jnp.uint64)
+    return wide.reshape(n_blocks * BLOCK_ELEMENTS)

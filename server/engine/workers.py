@@ -1,0 +1,92 @@
+"""The worker pool: one worker per JAX device, each running compiled block programs.
+
+On a GPU host the workers are the GPUs. On a CPU-only host XLA shows one CPU device unless told
+otherwise; `configure_host_devices` (called by the server before JAX starts) splits the host into
+one device per core, which measured about 2x faster than one device on two cores
+(bench/engine_throughput.py). Jobs from every stream share the pool in submission order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from . import kernels, rng
+
+
+def configure_host_devices(count: int | None = None) -> None:
+    """Ask XLA for `count` CPU devices (default: one per core). Must run before JAX initialises
+    its backends; has no effect afterwards."""
+    count = count or os.cpu_count() or 1
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+@dataclass(frozen=True)
+class Job:
+    """Blocks [block0, block0 + n_blocks) of one variable; `parts` = 2 for complex values."""
+
+    family: str
+    precision: str
+    key: rng.Key
+    block0: int
+    n_blocks: int
+    coefficients: tuple[float, ...]
+    parts: int = 1
+
+
+class WorkerPool:
+    """Runs jobs on the devices, `threads_per_device` at a time per device, returning futures."""
+
+    def __init__(self, devices: list[jax.Device] | None = None, threads_per_device: int = 1):
+        self.devices = list(devices) if devices is not None else jax.devices()
+        if not self.devices:
+            raise ValueError("no JAX devices")
+        self._next_device = itertools.cycle(self.devices)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._executor = ThreadPoolExecutor(
+            max_workers=len(self.devices) * threads_per_device,
+            thread_name_prefix="weightgen-worker",
+            initializer=self._bind_device,
+        )
+        self.width = len(self.devices) * threads_per_device
+
+    def _bind_device(self) -> None:
+        with self._lock:
+            self._local.device = next(self._next_device)
+
+    def _run(self, job: Job) -> np.ndarray:
+        device = self._local.device
+        n = job.n_blocks
+        compiled = kernels.bucket(n)
+        counters = rng.counters_per_block(32 if job.precision == "float32" else 64)
+        parts = [
+            kernels.run(
+                device, job.family, job.precision, job.key, job.block0, compiled, p * counters, job.coefficients
+            )[: n * rng.BLOCK_ELEMENTS]
+            for p in range(job.parts)
+        ]
+        if job.parts == 1:
+            return parts[0]
+        out = np.empty(parts[0].size, np.complex64 if job.precision == "float32" else np.complex128)
+        out.real, out.imag = parts
+        return out
+
+    def submit(self, job: Job) -> Future[np.ndarray]:
+        return self._executor.submit(self._run, job)
+
+    def warm(self, precisions: tuple[str, ...] = ("float32", "float64")) -> int:
+        """Compile every block program on every device; returns the number of programs run."""
+        futures = [self._executor.submit(kernels.warm, d, precisions) for d in self.devices]
+        return sum(f.result() for f in futures)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
