@@ -33,7 +33,7 @@ from jax.extend.random import threefry2x32_p
 GENERATOR = "weightgen/1"
 """Name and version of the determinism contract; part of every TensorInfo."""
 
-BLOCK_ELEMENTS = 1024
+BLOCK_ELEMENTS = 256
 """B: elements per block. Part of the contract: fixed for weightgen/1 (bench/block_size.py)."""
 
 MAX_BLOCKS = 1 << 32
@@ -90,20 +90,23 @@ def random_seed() -> int:
             return seed
 
 
-def counters_per_block(bits: int) -> int:
+def counters_per_block(bits: int, block: int = BLOCK_ELEMENTS) -> int:
     """C: counter pairs one sub-stream of a block consumes (B/2 for 32-bit elements, B for 64)."""
-    return BLOCK_ELEMENTS // 2 if bits == 32 else BLOCK_ELEMENTS
+    return block // 2 if bits == 32 else block
 
 
-def block_words(key: jax.Array, block0: jax.Array, counter_base: jax.Array, n_blocks: int, bits: int) -> jax.Array:
+def block_words(
+    key: jax.Array, block0: jax.Array, counter_base: jax.Array, n_blocks: int, bits: int, block: int = BLOCK_ELEMENTS
+) -> jax.Array:
     """Traced: the raw words of `n_blocks` consecutive blocks from `block0`, as a flat array of
-    ``n_blocks * B`` uint32 (bits=32) or uint64 (bits=64) elements in block order."""
+    ``n_blocks * B`` uint32 (bits=32) or uint64 (bits=64) elements in block order. (`block` other
+    than B is for bench/block_size.py only.)"""
     blocks = block0 + lax.iota(jnp.uint32, n_blocks)
     zeros = jnp.zeros_like(blocks)
     bk0, bk1 = threefry2x32_p.bind(
         jnp.broadcast_to(key[0], blocks.shape), jnp.broadcast_to(key[1], blocks.shape), zeros, blocks
     )
-    shape = (n_blocks, counters_per_block(bits))
+    shape = (n_blocks, counters_per_block(bits, block))
     counters = counter_base + lax.broadcasted_iota(jnp.uint32, shape, 1)
     w0, w1 = threefry2x32_p.bind(
         jnp.broadcast_to(bk0[:, None], shape),
@@ -112,6 +115,6 @@ def block_words(key: jax.Array, block0: jax.Array, counter_base: jax.Array, n_bl
         counters,
     )
     if bits == 32:
-        return jnp.concatenate([w0, w1], axis=1).reshape(n_blocks * BLOCK_ELEMENTS)
+        return jnp.concatenate([w0, w1], axis=1).reshape(n_blocks * block)
     wide = (w0.astype(jnp.uint64) << jnp.uint64(32)) | w1.astype(jnp.uint64)
-    return wide.reshape(n_blocks * BLOCK_ELEMENTS)
+    return wide.reshape(n_blocks * block)
