@@ -8,7 +8,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from .engine import Engine, LimitError, Prepared, TensorInfo  # noqa: E402
+from .engine import Engine, LimitError, Prepared, TensorInfo, check_shape  # noqa: E402
 from .initializers import REGISTRY  # noqa: E402
 from .rng import BLOCK_ELEMENTS, GENERATOR  # noqa: E402
 from .spec import BaseTensor, FanAxes, Initializer, SpecError, VariableSpec  # noqa: E402
@@ -28,5 +28,6 @@ __all__ = [
     "TensorInfo",
     "VariableSpec",
     "WorkerPool",
+    "check_shape",
     "configure_host_devices",
 ]

@@ -62,6 +62,13 @@ class Prepared:
     plan: Plan
     key: rng.Key
 
+    @property
+    def is_random(self) -> bool:
+        """Whether generating it draws random numbers (so it takes a place in a sequential session)."""
+        if isinstance(self.recipe, Uniform | Normal):
+            return True
+        return isinstance(self.recipe, Structured) and self.recipe.kind in structured.RANDOM_KINDS
+
 
 def check_shape(shape: tuple[int, ...]) -> int:
     """The element count of a valid shape; SpecError otherwise. Cheap whatever the dims say."""

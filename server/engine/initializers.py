@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from . import dtypes
@@ -375,7 +376,7 @@ def representable(value: complex, dtype: DTypeInfo, path: str) -> complex:
         if value.real != int(value.real) or not info.min <= value.real <= info.max:
             raise SpecError(path, f"{value.real} is not representable as {dtype.name}")
         return complex(int(value.real))
-    part = np.finfo(dtype.numpy)
+    part = ml_dtypes.finfo(dtype.numpy)
     for component in (value.real, value.imag):
         if abs(component) > float(part.max):
             raise SpecError(path, f"{component} overflows {dtype.name}")

@@ -27,6 +27,8 @@ from .fans import resolve_axes
 from .initializers import representable
 from .spec import FanAxes, SpecError
 
+RANDOM_KINDS = ("orthogonal", "delta_orthogonal")
+
 DrawNormal = Callable[[int], np.ndarray]
 """n standard normal values (complex for complex dtypes: parts of variance 1/2) from the variable's
 key, in the compute precision: the first n elements of its normal block stream."""

@@ -11,6 +11,7 @@ generated classes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -94,14 +95,17 @@ def _tag(field: int, wire_type: int) -> bytes:
 def encode_chunk(
     variable_index: int,
     offset: int,
-    data: bytes | memoryview,
+    data: bytes | memoryview | Sequence[bytes | memoryview],
     *,
     info: bytes = b"",
     last: bool = False,
     digest: bytes = b"",
 ) -> bytes:
-    """A serialized TensorChunk. `info` is an already serialized TensorInfo (first chunk only).
-    The data field goes last so the header is built small and the data is copied once."""
+    """A serialized TensorChunk. `data` may be a list of buffers (joined, not copied twice);
+    `info` is an already serialized TensorInfo (first chunk only). The data field goes last so the
+    header is built small and the data is copied once, into the message."""
+    buffers = list(data) if isinstance(data, list | tuple) else [data]
+    size = sum(len(b) if not isinstance(b, memoryview) else b.nbytes for b in buffers)
     parts = []
     if variable_index:
         parts += [_tag(_F_INDEX, _VARINT), _varint(variable_index)]
@@ -113,8 +117,8 @@ def encode_chunk(
         parts += [_tag(_F_LAST, _VARINT), b"\x01"]
     if digest:
         parts += [_tag(_F_DIGEST, _LEN), _varint(len(digest)), digest]
-    if len(data):
-        parts += [_tag(_F_DATA, _LEN), _varint(len(data)), data]
+    if size:
+        parts += [_tag(_F_DATA, _LEN), _varint(size), *buffers]
     return b"".join(parts)
 
 

@@ -1,0 +1,139 @@
+"""Server configuration: an embedded default that serves on localhost with no file, overridden by
+``WEIGHTGEN_*`` environment variables, overridden by command-line flags.
+
+Every field below is a flag (``--metrics-port``) and an environment variable
+(``WEIGHTGEN_METRICS_PORT``); `describe()` prints them with their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+
+ENV_PREFIX = "WEIGHTGEN_"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (0.0.0.0 or [::] for all)"})
+    port: int = field(default=50051, metadata={"help": "gRPC port; 0 picks a free one"})
+    metrics_port: int = field(
+        default=9090, metadata={"help": "Prometheus /metrics port; 0 disables, -1 picks a free one"}
+    )
+    port_file: str = field(default="", metadata={"help": "write the bound gRPC and metrics ports here as JSON"})
+    devices: str = field(
+        default="auto",
+        metadata={"help": "'auto' (every GPU; on a CPU host one device per core) or a count N (the first N)"},
+    )
+    threads_per_device: int = field(default=1, metadata={"help": "concurrent kernel calls per device"})
+    warm_precisions: str = field(
+        default="float32,float64", metadata={"help": "compute precisions compiled before SERVING"}
+    )
+    compilation_cache_dir: str = field(
+        default="", metadata={"help": "persistent XLA compilation cache directory ('' = off)"}
+    )
+    # Limits (RESOURCE_EXHAUSTED past them).
+    max_elements_per_variable: int = field(default=1 << 34, metadata={"help": "elements in one variable"})
+    max_bytes_per_request: int = field(default=1 << 40, metadata={"help": "bytes one Materialize may deliver"})
+    max_variables_per_request: int = field(default=100_000, metadata={"help": "variables in one Materialize"})
+    max_concurrent_streams: int = field(default=64, metadata={"help": "Materialize streams served at once"})
+    max_sessions: int = field(default=10_000, metadata={"help": "open sessions"})
+    max_structured_elements: int = field(
+        default=1 << 24, metadata={"help": "elements of a whole-tensor initializer (orthogonal, identity, dirac)"}
+    )
+    max_request_bytes: int = field(default=64 << 20, metadata={"help": "largest request message (broadcast bases)"})
+    session_ttl_seconds: int = field(default=3600, metadata={"help": "default idle TTL of a session"})
+    max_session_ttl_seconds: int = field(default=7 * 24 * 3600, metadata={"help": "largest TTL a client may ask"})
+    # Lifecycle.
+    grace_seconds: float = field(default=30.0, metadata={"help": "on SIGTERM, time in-flight streams get to finish"})
+    # Security.
+    tls_cert: str = field(default="", metadata={"help": "PEM server certificate chain (enables TLS)"})
+    tls_key: str = field(default="", metadata={"help": "PEM server private key"})
+    tls_client_ca: str = field(default="", metadata={"help": "PEM CA for client certificates (enables mutual TLS)"})
+    auth_token_file: str = field(
+        default="", metadata={"help": "file of accepted bearer tokens, one per line (enables auth)"}
+    )
+    # Logging.
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_format: str = field(default="json", metadata={"help": "json (one object per line) or text"})
+
+    def warm_list(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.warm_precisions.split(",") if p.strip())
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _convert(kind: type, raw: str, name: str):
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SystemExit(f"weightgen: {name} expects {kind.__name__}, got {raw!r}") from None
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The configuration from defaults, then `environ` (default os.environ), then `argv` flags."""
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="weightgen serve",
+        description="Serve weightgen over gRPC. Every flag can also be set as WEIGHTGEN_<FLAG> in the environment.",
+    )
+    values = {}
+    types = {"int": int, "float": float, "str": str}
+    for f in fields(Config):
+        kind = types[f.type] if isinstance(f.type, str) else f.type
+        default = f.default
+        env = environ.get(_env_name(f.name))
+        if env is not None:
+            default = _convert(kind, env, _env_name(f.name))
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            default=default,
+            help=f"{f.metadata.get('help', '')} [env {_env_name(f.name)}; default {f.default!r}]",
+        )
+    args = parser.parse_args(argv)
+    for f in fields(Config):
+        values[f.name] = getattr(args, f.name)
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Refuse configurations that cannot work, at start-up rather than at the first request."""
+    problems = []
+    if bool(config.tls_cert) != bool(config.tls_key):
+        problems.append("--tls-cert and --tls-key go together")
+    if config.tls_client_ca and not config.tls_cert:
+        problems.append("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    if config.devices != "auto" and not (config.devices.isdigit() and int(config.devices) > 0):
+        problems.append(f"--devices must be 'auto' or a positive count, got {config.devices!r}")
+    if config.log_format not in ("json", "text"):
+        problems.append(f"--log-format must be json or text, got {config.log_format!r}")
+    for name in (
+        "max_elements_per_variable",
+        "max_bytes_per_request",
+        "max_variables_per_request",
+        "max_concurrent_streams",
+        "max_sessions",
+        "threads_per_device",
+        "max_request_bytes",
+    ):
+        if getattr(config, name) <= 0:
+            problems.append(f"--{name.replace('_', '-')} must be positive")
+    for p in config.warm_list():
+        if p not in ("float32", "float64"):
+            problems.append(f"--warm-precisions: unknown precision {p!r}")
+    if problems:
+        raise SystemExit("weightgen: invalid configuration: " + "; ".join(problems))
+
+
+def replace(config: Config, **changes) -> Config:
+    new = dataclasses.replace(config, **changes)
+    validate(new)
+    return new

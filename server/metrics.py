@@ -1,0 +1,72 @@
+"""Prometheus metrics, on their own registry so several servers can live in one process (tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    errors: Counter
+    bytes_streamed: Counter
+    elements_streamed: Counter
+    variables_streamed: Counter
+    generation_seconds: Histogram
+    request_seconds: Histogram
+    active_streams: Gauge
+    open_sessions: Gauge
+    cancelled_streams: Counter
+    limit_rejections: Counter
+    ready: Gauge
+
+    @classmethod
+    def create(cls) -> Metrics:
+        r = CollectorRegistry()
+        return cls(
+            registry=r,
+            requests=Counter(
+                "weightgen_requests", "RPCs finished, by method and status code", ["method", "code"], registry=r
+            ),
+            errors=Counter(
+                "weightgen_errors",
+                "RPCs that ended in an error status, by method and code",
+                ["method", "code"],
+                registry=r,
+            ),
+            bytes_streamed=Counter("weightgen_bytes_streamed", "Tensor bytes sent", registry=r),
+            elements_streamed=Counter("weightgen_elements_streamed", "Tensor elements sent", registry=r),
+            variables_streamed=Counter("weightgen_variables_streamed", "Variables completely sent", registry=r),
+            generation_seconds=Histogram(
+                "weightgen_generation_seconds", "Time to generate and send one variable", buckets=_SECONDS, registry=r
+            ),
+            request_seconds=Histogram(
+                "weightgen_request_seconds", "Duration of RPCs, by method", ["method"], buckets=_SECONDS, registry=r
+            ),
+            active_streams=Gauge("weightgen_active_streams", "Materialize streams in progress", registry=r),
+            open_sessions=Gauge("weightgen_open_sessions", "Sessions open", registry=r),
+            cancelled_streams=Counter(
+                "weightgen_cancelled_streams", "Materialize streams stopped by the client or a deadline", registry=r
+            ),
+            limit_rejections=Counter(
+                "weightgen_limit_rejections", "Requests refused by a configured limit, by limit", ["limit"], registry=r
+            ),
+            ready=Gauge("weightgen_ready", "1 once kernels are warm and the server is not draining", registry=r),
+        )
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics over HTTP; returns the bound port (port 0 picks one)."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return server.server_address[1]
+
+    def stop(self) -> None:
+        server = getattr(self, "_http", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
