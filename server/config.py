@@ -32,6 +32,10 @@ class Config:
     warm_precisions: str = field(
         default="float32,float64", metadata={"help": "compute precisions compiled before SERVING"}
     )
+    cache_bytes: int = field(
+        default=128 << 20,
+        metadata={"help": "bytes of generated blocks kept for identical requests (herds); 0 disables"},
+    )
     compilation_cache_dir: str = field(
         default="", metadata={"help": "persistent XLA compilation cache directory ('' = off)"}
     )

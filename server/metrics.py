@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -59,6 +60,10 @@ class Metrics:
             ready=Gauge("weightgen_ready", "1 once kernels are warm and the server is not draining", registry=r),
         )
 
+    def watch_pool(self, pool) -> None:
+        """Export the worker pool's block cache and single-flight counters (read at scrape time)."""
+        self.registry.register(_PoolCollector(pool))
+
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP; returns the bound port (port 0 picks one)."""
         server, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -70,3 +75,24 @@ class Metrics:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+class _PoolCollector:
+    def __init__(self, pool):
+        self._pool = pool
+
+    def collect(self):
+        cache = self._pool.cache
+        yield CounterMetricFamily(
+            "weightgen_generation_shared", "Kernel calls joined to an identical call in flight", value=self._pool.shared
+        )
+        if cache is None:
+            return
+        for name, value, doc in (
+            ("hits", cache.hits, "Kernel calls served from the block cache"),
+            ("misses", cache.misses, "Kernel calls not in the block cache"),
+            ("evictions", cache.evictions, "Block cache entries evicted for space"),
+        ):
+            yield CounterMetricFamily(f"weightgen_cache_{name}", doc, value=value)
+        yield GaugeMetricFamily("weightgen_cache_bytes", "Bytes held by the block cache", value=cache.bytes)
+        yield GaugeMetricFamily("weightgen_cache_max_bytes", "Block cache capacity", value=cache.max_bytes)

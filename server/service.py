@@ -381,10 +381,11 @@ class Server:
 
                 devices = jax.devices()[: int(c.devices)]
             self._engine = eng.Engine(
-                eng.WorkerPool(devices, threads_per_device=c.threads_per_device),
+                eng.WorkerPool(devices, threads_per_device=c.threads_per_device, cache_bytes=c.cache_bytes),
                 max_structured_elements=c.max_structured_elements,
             )
         self.service = WeightGenService(c, self._engine, self.metrics, SessionStore(c.max_sessions))
+        self.metrics.watch_pool(self._engine.pool)
         interceptors = [_Auth(load_tokens(c.auth_token_file))] if c.auth_token_file else []
         options = [
             ("grpc.max_receive_message_length", c.max_request_bytes),

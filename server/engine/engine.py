@@ -210,7 +210,7 @@ class Engine:
         block = rng.BLOCK_ELEMENTS
         parts = 2 if dtype.kind is Kind.COMPLEX else 1
         pieces = plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS)
-        pending: deque[tuple[Piece, list[tuple[int, int, Future[np.ndarray]]]]] = deque()
+        pending: deque[tuple[Piece, list[tuple[Job, Future[np.ndarray]]]]] = deque()
 
         def submit(piece: Piece) -> None:
             calls = []
@@ -218,7 +218,7 @@ class Engine:
                 for b in range(lo, hi, kernels.MAX_CALL_BLOCKS):
                     n = min(kernels.MAX_CALL_BLOCKS, hi - b)
                     job = Job(affine.family, dtype.compute.name, key, b, n, affine.coefficients, parts)
-                    calls.append((b, n, self.pool.submit(job)))
+                    calls.append((job, self.pool.submit(job)))
             pending.append((piece, calls))
 
         try:
@@ -233,11 +233,11 @@ class Engine:
                 if not pending:
                     return
                 piece, calls = pending.popleft()
-                yield _gather(piece, [(b, f.result()) for b, _, f in calls], block)
+                yield _gather(piece, [(job.block0, f.result()) for job, f in calls], block)
         finally:
             for _, calls in pending:
-                for _, _, future in calls:
-                    future.cancel()
+                for job, future in calls:
+                    self.pool.release(job, future)
 
     def _structured(self, prepared: Prepared, recipe: Structured) -> np.ndarray:
         dtype = prepared.dtype

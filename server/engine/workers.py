@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from . import kernels, rng
+from .cache import BlockCache
 
 
 def configure_host_devices(count: int | None = None) -> None:
@@ -43,10 +44,18 @@ class Job:
 
 
 class WorkerPool:
-    """Runs jobs on the devices, `threads_per_device` at a time per device, returning futures."""
+    """Runs jobs on the devices, `threads_per_device` at a time per device, returning futures.
 
-    def __init__(self, devices: list[jax.Device] | None = None, threads_per_device: int = 1):
+    Identical jobs share one generation: one in flight is joined (single-flight), and a finished one
+    is served from `cache` (a BlockCache of `cache_bytes`; 0 disables it). Callers that stop
+    waiting call `release`, which cancels a job only when nobody else waits for it."""
+
+    def __init__(self, devices: list[jax.Device] | None = None, threads_per_device: int = 1, cache_bytes: int = 0):
         self.devices = list(devices) if devices is not None else jax.devices()
+        self.cache = BlockCache(cache_bytes) if cache_bytes > 0 else None
+        self._inflight: dict[Job, tuple[Future[np.ndarray], list[int]]] = {}
+        self._inflight_lock = threading.Lock()
+        self.shared = 0  # submissions that joined a job already in flight
         if not self.devices:
             raise ValueError("no JAX devices")
         self._next_device = itertools.cycle(self.devices)
@@ -81,7 +90,41 @@ class WorkerPool:
         return out
 
     def submit(self, job: Job) -> Future[np.ndarray]:
-        return self._executor.submit(self._run, job)
+        if self.cache is not None:
+            cached = self.cache.get(job)
+            if cached is not None:
+                done: Future[np.ndarray] = Future()
+                done.set_result(cached)
+                return done
+        with self._inflight_lock:
+            entry = self._inflight.get(job)
+            if entry is not None:
+                entry[1][0] += 1
+                self.shared += 1
+                return entry[0]
+            future = self._executor.submit(self._run, job)
+            self._inflight[job] = (future, [1])
+        future.add_done_callback(lambda f: self._finished(job, f))
+        return future
+
+    def _finished(self, job: Job, future: Future[np.ndarray]) -> None:
+        with self._inflight_lock:
+            entry = self._inflight.get(job)
+            if entry is not None and entry[0] is future:
+                del self._inflight[job]
+        if self.cache is not None and not future.cancelled() and future.exception() is None:
+            self.cache.put(job, future.result())
+
+    def release(self, job: Job, future: Future[np.ndarray]) -> None:
+        """The caller no longer needs `future`: cancel it unless another caller still waits."""
+        with self._inflight_lock:
+            entry = self._inflight.get(job)
+            if entry is None or entry[0] is not future:
+                return
+            entry[1][0] -= 1
+            if entry[1][0] > 0:
+                return
+        future.cancel()
 
     def warm(self, precisions: tuple[str, ...] = ("float32", "float64")) -> int:
         """Compile every block program on every device; returns the number of programs run."""
