@@ -155,13 +155,14 @@ class Engine:
     def _affine(recipe: Uniform | Normal, dtype: DTypeInfo) -> sampling.Affine:
         precision = dtype.compute.name
         complex_parts = dtype.kind is Kind.COMPLEX
-        if isinstance(recipe, Uniform):
-            affine = sampling.uniform(recipe.low, recipe.high, precision)
-        else:
-            stddev = recipe.stddev / math.sqrt(2) if complex_parts else recipe.stddev
-            affine = sampling.normal(recipe.mean, stddev, recipe.lower, recipe.upper, precision)
-        scaled = np.asarray([affine.coefficients[i] for i in (0, 1, 4, 5)], np.float64)
+        # Parameters beyond the compute precision overflow in the casts below: refused, not warned about.
         with np.errstate(over="ignore"):
+            if isinstance(recipe, Uniform):
+                affine = sampling.uniform(recipe.low, recipe.high, precision)
+            else:
+                stddev = recipe.stddev / math.sqrt(2) if complex_parts else recipe.stddev
+                affine = sampling.normal(recipe.mean, stddev, recipe.lower, recipe.upper, precision)
+            scaled = np.asarray([affine.coefficients[i] for i in (0, 1, 4, 5)], np.float64)
             if not np.all(np.isfinite(scaled.astype(dtype.compute))):
                 raise SpecError(
                     "initializer", f"parameters overflow the {precision} computation of {dtype.name} values"

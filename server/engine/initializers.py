@@ -243,6 +243,9 @@ def _ones(p, ctx):
     random=False,
 )
 def _constant(p, ctx):
+    # Checked here so that an error names the parameter (resolve() checks the value again).
+    representable(p["value"], ctx.dtype, "initializer.constant.value")
+    representable(complex(0, p["imag"]), ctx.dtype, "initializer.constant.imag")
     return Fill(complex(p["value"], p["imag"]) if p["imag"] else p["value"])
 
 
@@ -326,6 +329,9 @@ _define("kaiming_normal", "N, std = gain / sqrt(fan), not truncated (PyTorch)", 
 
 def _structured(kind: str):
     def resolve(p, ctx):
+        from . import structured  # structured imports this module
+
+        structured.check(kind, p, ctx.shape, ctx.dtype, ctx.fan_axes)
         return Structured(kind, dict(p))
 
     return resolve
@@ -424,7 +430,8 @@ def convert(array: np.ndarray, dtype: DTypeInfo, path: str) -> np.ndarray:
         low, high = array.min(), array.max()
         if low < info.min or high > info.max:
             raise SpecError(path, f"values in [{low}, {high}] do not fit {dtype.name}")
-    return np.ascontiguousarray(array.astype(dtype.numpy))
+    # reshape: np.ascontiguousarray makes a 0-d (scalar) base 1-d, which no longer broadcasts to shape ().
+    return np.ascontiguousarray(array.astype(dtype.numpy)).reshape(array.shape)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,9 +48,11 @@ def _next(x: float, dtype: type) -> float:
 
 
 def uniform(low: float, high: float, precision: str) -> Affine:
-    """Uniform in [low, high) (low < high)."""
+    """Uniform in [low, high) (low <= high); every value is `low` when [low, high) is empty in the
+    compute precision (GoMLX's min + (max - min) * U with max == min)."""
     dtype = PRECISIONS[precision][0]
-    return Affine("uniform", (low, high - low, low, _prev(high, dtype), 0.0, 1.0))
+    top = max(float(dtype(low)), _prev(high, dtype))  # not below low: min == max gives min, not prev(max)
+    return Affine("uniform", (low, high - low, low, top, 0.0, 1.0))
 
 
 def normal(

@@ -70,24 +70,43 @@ def _in_out_spatial(shape: tuple[int, ...], axes: FanAxes, kind: str) -> tuple[i
     return ins[0], outs[0], spatial
 
 
-def build(
-    kind: str, params: Mapping[str, Any], shape: tuple[int, ...], dtype: DTypeInfo, axes: FanAxes, draw: DrawNormal
-) -> np.ndarray:
-    """The whole tensor, in the variable's dtype."""
+def check(kind: str, params: Mapping[str, Any], shape: tuple[int, ...], dtype: DTypeInfo, axes: FanAxes) -> None:
+    """Everything `build` would refuse, found without building: called when the spec is resolved,
+    so a bad structured variable fails its batch before any byte is sent."""
     path = f"initializer.{kind}"
     if kind in ("orthogonal", "identity") and len(shape) < 2:
         raise SpecError("shape", f"{kind} needs rank >= 2, got {list(shape)}")
     if kind == "orthogonal":
-        values = orthogonal(shape, params["scale"], _column_axis(params, len(shape), kind), draw)
+        _column_axis(params, len(shape), kind)
     elif kind == "identity":
         if len(shape) != 2:
             raise SpecError("shape", f"identity needs rank 2, got {list(shape)}")
-        value = representable(params["gain"], dtype, f"{path}.gain")
+        representable(params["gain"], dtype, f"{path}.gain")
+    elif kind == "delta_orthogonal":
+        i, o, _ = _in_out_spatial(shape, axes, kind)
+        if shape[i] > shape[o]:
+            raise SpecError("shape", f"delta_orthogonal needs in channels ({shape[i]}) <= out channels ({shape[o]})")
+        _column_axis(params, 2, kind)
+    elif kind == "dirac":
+        _, o, _ = _in_out_spatial(shape, axes, kind)
+        if shape[o] % params["groups"]:
+            raise SpecError(f"{path}.groups", f"out channels {shape[o]} are not divisible by groups {params['groups']}")
+    else:
+        raise SpecError(path, f"unknown structured initializer {kind!r}")
+
+
+def build(
+    kind: str, params: Mapping[str, Any], shape: tuple[int, ...], dtype: DTypeInfo, axes: FanAxes, draw: DrawNormal
+) -> np.ndarray:
+    """The whole tensor, in the variable's dtype (of a spec `check` accepts)."""
+    check(kind, params, shape, dtype, axes)
+    if kind == "orthogonal":
+        values = orthogonal(shape, params["scale"], _column_axis(params, len(shape), kind), draw)
+    elif kind == "identity":
+        value = representable(params["gain"], dtype, f"initializer.{kind}.gain")
         values = np.eye(shape[0], shape[1], dtype=np.complex128) * value
     elif kind == "delta_orthogonal":
         i, o, spatial = _in_out_spatial(shape, axes, kind)
-        if shape[i] > shape[o]:
-            raise SpecError("shape", f"delta_orthogonal needs in channels ({shape[i]}) <= out channels ({shape[o]})")
         matrix = orthogonal((shape[i], shape[o]), params["scale"], _column_axis(params, 2, kind), draw)
         values = np.zeros(shape, matrix.dtype)
         index: list[Any] = [slice(None)] * len(shape)
@@ -95,11 +114,9 @@ def build(
             index[s] = shape[s] // 2
         # With integer indices on the spatial axes the remaining axes keep their order (in, out or out, in).
         values[tuple(index)] = matrix if i < o else matrix.T
-    elif kind == "dirac":
+    else:  # dirac
         i, o, spatial = _in_out_spatial(shape, axes, kind)
         groups = params["groups"]
-        if shape[o] % groups:
-            raise SpecError(f"{path}.groups", f"out channels {shape[o]} are not divisible by groups {groups}")
         per_group = shape[o] // groups
         values = np.zeros(shape, dtype.numpy)
         d = np.arange(min(per_group, shape[i]))
@@ -108,8 +125,6 @@ def build(
             index[i], index[o] = d, g * per_group + d
             values[tuple(index)] = 1
         return values
-    else:
-        raise SpecError(path, f"unknown structured initializer {kind!r}")
     # One rounding into the compute precision, then the final cast: a bfloat16 orthogonal matrix is
     # the float32 one rounded, as for every other initializer.
     compute = dtype.compute if dtype.kind is not Kind.COMPLEX else complex_of(dtype.compute)

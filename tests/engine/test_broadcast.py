@@ -1,0 +1,93 @@
+"""GoMLX's BroadcastTensorToShape, case by case (its package test, then its rules and errors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from engine_helpers import base_tensor, spec
+
+from weightgen.server.engine import BaseTensor, SpecError
+
+SEED = 5
+BASE = base_tensor([7, 11, 17], "float64")  # GoMLX's base: a float64 tensor of shape [3]
+
+
+def test_base_bytes_are_little_endian_c_order() -> None:
+    assert BASE.shape == (3,)
+    assert BASE.data == b"".join(int.to_bytes(v, 8, "little") for v in (0x401C << 48, 0x4026 << 48, 0x4031 << 48))
+
+
+def test_gomlx_package_cases(engine) -> None:
+    rows = engine.generate(spec("broadcast", (4, 3), "float32", base=BASE), seed=SEED)
+    assert rows.dtype == np.float32
+    np.testing.assert_array_equal(rows, [[7, 11, 17]] * 4)
+    same = engine.generate(spec("broadcast", (3,), "int32", base=BASE), seed=SEED)
+    assert same.dtype == np.int32
+    np.testing.assert_array_equal(same, [7, 11, 17])
+    scalar = BaseTensor("float64", (), np.float64(3.0).tobytes())
+    threes = engine.generate(spec("broadcast", (1, 2, 3), "int8", base=scalar), seed=SEED)
+    assert threes.dtype == np.int8
+    np.testing.assert_array_equal(threes, np.full((1, 2, 3), 3, np.int8))
+
+
+def test_conversion_rules(engine) -> None:
+    base = base_tensor([-2.7, 0.0, 2.7, 0.4])
+    truncated = engine.generate(spec("broadcast", (2, 4), "int8", base=base), seed=SEED)
+    np.testing.assert_array_equal(truncated, [[-2, 0, 2, 0]] * 2)  # float to int truncates toward zero
+    booleans = engine.generate(spec("broadcast", (2, 4), "bool", base=base), seed=SEED)
+    np.testing.assert_array_equal(booleans, [[True, False, True, True]] * 2)  # non-zero is true
+    halves = engine.generate(spec("broadcast", (4,), "bfloat16", base=base), seed=SEED)
+    np.testing.assert_array_equal(
+        halves.view(np.uint16), np.asarray([-2.7, 0.0, 2.7, 0.4], np.float32).astype(halves.dtype).view(np.uint16)
+    )
+    # Equal shapes with another dtype, scalar to scalar, and a base of another dtype.
+    scalar = engine.generate(spec("broadcast", (), "float64", base=base_tensor(2.5, "float32")), seed=SEED)
+    assert scalar.shape == () and scalar == 2.5
+    matrix = base_tensor([[1, 2], [3, 4]], "int16")
+    np.testing.assert_array_equal(
+        engine.generate(spec("broadcast", (3, 2, 2), "float32", base=matrix), seed=SEED), [[[1, 2], [3, 4]]] * 3
+    )
+    c = engine.generate(
+        spec("broadcast", (2, 2), "complex64", base=base_tensor([1 + 2j, -3j], "complex128")), seed=SEED
+    )
+    np.testing.assert_array_equal(c, [[1 + 2j, -3j]] * 2)
+    # Not random: neither seed nor name matter.
+    other = engine.generate(spec("broadcast", (4, 3), base=BASE, name="other"), seed=SEED + 1)
+    np.testing.assert_array_equal(other, [[7, 11, 17]] * 4)
+
+
+def test_broadcast_slice(engine) -> None:
+    base = base_tensor(np.arange(12.0).reshape(3, 4))
+    full = engine.generate(spec("broadcast", (5, 3, 4), base=base), seed=SEED)
+    part = engine.generate(spec("broadcast", (5, 3, 4), base=base, slice=((1, 4), (2, 3), (0, 3))), seed=SEED)
+    np.testing.assert_array_equal(part, full[1:4, 2:3, 0:3])
+
+
+@pytest.mark.parametrize(
+    ("base", "shape", "dtype", "field"),
+    [
+        (BASE, (4,), "float32", "initializer.broadcast.base.shape"),  # equal rank, different dims
+        (base_tensor([[1, 2, 3]] * 2), (3,), "float32", "initializer.broadcast.base.shape"),  # base rank greater
+        (BASE, (3, 4), "float32", "initializer.broadcast.base.shape"),  # not a suffix
+        (base_tensor([[7, 11, 17]]), (4, 3), "float32", "initializer.broadcast.base.shape"),  # no size-1 broadcast
+        (base_tensor([[7, 11, 17]] * 2), (5, 3, 3), "float32", "initializer.broadcast.base.shape"),  # suffix mismatch
+        (BaseTensor("float64", (3,), BASE.data[:-4]), (4, 3), "float32", "initializer.broadcast.base.data"),
+        (BaseTensor("float64", (3,), BASE.data + b"\0"), (4, 3), "float32", "initializer.broadcast.base.data"),
+        (BaseTensor("float64", (), b""), (4, 3), "float32", "initializer.broadcast.base.data"),
+        (BaseTensor("float128", (3,), BASE.data), (4, 3), "float32", "initializer.broadcast.base.dtype"),
+        (BaseTensor("float64", (-3,), b""), (4, 3), "float32", "initializer.broadcast.base.shape"),
+        (base_tensor([1.0, np.nan, 2.0]), (3,), "int32", "initializer.broadcast.base.data"),  # NaN into ints
+        (base_tensor([1.0, 300.0, 2.0]), (3,), "int8", "initializer.broadcast.base.data"),  # overflow
+        (base_tensor([1j, 0, 0], "complex64"), (3,), "float32", "initializer.broadcast.base.data"),
+    ],
+)
+def test_errors(engine, base, shape, dtype, field) -> None:
+    with pytest.raises(SpecError) as error:
+        engine.prepare(spec("broadcast", shape, dtype, base=base), seed=SEED)
+    assert error.value.field == field
+
+
+def test_missing_base(engine) -> None:
+    with pytest.raises(SpecError) as error:
+        engine.prepare(spec("broadcast", (4, 3)), seed=SEED)
+    assert error.value.field == "initializer.broadcast.base"
