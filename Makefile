@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test serve lint bench proto clean
+.PHONY: test test-interop serve lint bench proto clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,19 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
+# The Node, Go and C++ example clients and grpcurl against one server, compared with Python
+# (examples/interop/). Installs what it needs first: Debian packages (as root), npm ci, grpcurl.
+INTEROP := $(CURDIR)/build/interop
+test-interop: $(STAMP)
+	WEIGHTGEN_INTEROP_BUILD=$(INTEROP) bash examples/interop/setup.sh
+	$(MAKE) -s -C examples/go test BUILD=$(INTEROP)/go
+	ctest --test-dir $(INTEROP)/cpp --output-on-failure
+	WEIGHTGEN_INTEROP_BUILD=$(INTEROP) $(PY) -m pytest -q tests/interop
+
+# Serves on 127.0.0.1:50051 (metrics on :9090) with the embedded defaults; compiled kernels are
+# cached under .venv so the second start is ready in about a second.
 serve: $(STAMP)
-	$(PY) -m weightgen.server
+	$(PY) -m weightgen.server --compilation-cache-dir $(VENV)/xla-cache $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
