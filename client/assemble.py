@@ -1,0 +1,229 @@
+"""From TensorChunks to tensors: reassembly by offset, running digests, and what a resume needs.
+
+An `Assembler` follows one fetch (a batch of variables, over as many attempts as it takes). Each
+chunk's bytes go to a `Sink` (memory buffers or a file) at their absolute offset; a running SHA-256
+per variable is checked against the digest on its last chunk. For every variable it knows the
+contiguous prefix received, so a broken stream resumes with `resume_request`: only the unfinished
+variables, each from the byte it stopped at, with the effective seed (and sequential position) the
+server already reported, so the resumed bytes are the ones the first attempt would have sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from weightgen.v1 import weightgen_pb2 as pb
+from weightgen.v1 import wire
+
+from .errors import DigestMismatchError, ProtocolError, ResumeError
+from .specs import delivered_shape
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A completed variable: its `array` (None when it went straight to a file), the server's
+    `info` (effective seed, generator, resolved dtype, full shape, sequence index) and `digest`."""
+
+    name: str
+    array: np.ndarray | None
+    info: pb.TensorInfo
+    digest: bytes
+
+    @property
+    def seed(self) -> int:
+        """The effective seed: the one to send to get these bytes again."""
+        return self.info.seed
+
+
+class Sink(Protocol):
+    """Where a variable's bytes go. `key` is the variable's position in the caller's request.
+    Calls for different keys may come from different threads; calls for one key never overlap."""
+
+    def open(self, key: int, info: pb.TensorInfo) -> None: ...
+
+    def write(self, key: int, offset: int, data: memoryview) -> None: ...
+
+    def finish(self, key: int) -> np.ndarray | None: ...
+
+
+class MemorySink:
+    """Each variable in one preallocated buffer; `finish` hands it out as a shaped array."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, tuple[np.ndarray, pb.TensorInfo]] = {}
+
+    def open(self, key: int, info: pb.TensorInfo) -> None:
+        if key not in self._buffers:  # a resumed stream re-sends the info: keep the bytes we have
+            self._buffers[key] = (np.empty(info.byte_size, np.uint8), info)
+
+    def write(self, key: int, offset: int, data: memoryview) -> None:
+        buffer, _ = self._buffers[key]
+        buffer[offset : offset + len(data)] = np.frombuffer(data, np.uint8)
+
+    def finish(self, key: int) -> np.ndarray:
+        buffer, info = self._buffers.pop(key)
+        return buffer.view(wire.numpy_dtype(info.dtype)).reshape(delivered_shape(info))
+
+
+@dataclass
+class _State:
+    spec: pb.VariableSpec
+    key: int
+    info: pb.TensorInfo | None = None
+    received: int = 0  # contiguous bytes from offset 0
+    hasher: object | None = None
+    done: bool = False
+
+
+def _ranges(message: pb.VariableSpec | pb.TensorInfo) -> list[tuple[int, int]]:
+    """A slice as (start, stop) pairs; [] when it is the whole tensor (as TensorInfo reports it)."""
+    ranges = [(r.start, r.stop) for r in message.slice]
+    return [] if ranges == [(0, d) for d in message.shape] else ranges
+
+
+def _check_info(spec: pb.VariableSpec, info: pb.TensorInfo, verify: bool) -> None:
+    where = f"variable {spec.name!r}"
+    if info.name != spec.name:
+        raise ProtocolError(None, f"{where}: its info names {info.name!r}")
+    if info.dtype not in wire.DTYPES:
+        raise ProtocolError(None, f"{where}: unknown dtype {info.dtype} in its info (is the server newer?)")
+    if spec.dtype and info.dtype != spec.dtype:
+        raise ProtocolError(None, f"{where}: asked for {pb.DType.Name(spec.dtype)}, got {pb.DType.Name(info.dtype)}")
+    if list(info.shape) != list(spec.shape) or _ranges(info) != _ranges(spec):
+        raise ProtocolError(None, f"{where}: its info has shape {list(info.shape)} and a different slice")
+    expected = int(np.prod(delivered_shape(info), dtype=np.int64)) * wire.numpy_dtype(info.dtype).itemsize
+    if info.byte_size != expected:
+        raise ProtocolError(None, f"{where}: byte_size {info.byte_size}, its shape and dtype make {expected}")
+    if verify and info.digest_algorithm != wire.DIGEST_ALGORITHM:
+        raise ProtocolError(None, f"{where}: unsupported digest algorithm {info.digest_algorithm!r}")
+
+
+def _same_info(a: pb.TensorInfo, b: pb.TensorInfo) -> bool:
+    return (a.byte_size, a.dtype, a.seed, a.generator, list(a.shape)) == (
+        b.byte_size,
+        b.dtype,
+        b.seed,
+        b.generator,
+        list(b.shape),
+    ) and (a.HasField("sequence_index") == b.HasField("sequence_index") and a.sequence_index == b.sequence_index)
+
+
+class Assembler:
+    """The state of one fetch. `feed` each decoded chunk with the index of its variable in
+    `specs`; it returns the completed Tensor on a variable's last chunk. `keys` are the sink's keys
+    for `specs` (default: their positions). `on_bytes(n)` is told of every n new bytes received."""
+
+    def __init__(
+        self,
+        specs: Sequence[pb.VariableSpec],
+        sink: Sink,
+        *,
+        verify: bool = True,
+        keys: Sequence[int] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ):
+        keys = list(range(len(specs))) if keys is None else list(keys)
+        self._states = [_State(spec, key) for spec, key in zip(specs, keys, strict=True)]
+        self._sink = sink
+        self._verify = verify
+        self._on_bytes = on_bytes
+        self.received = 0
+
+    @property
+    def complete(self) -> bool:
+        return all(s.done for s in self._states)
+
+    @property
+    def pending(self) -> list[int]:
+        """Indexes (into `specs`) of the variables not yet complete."""
+        return [i for i, s in enumerate(self._states) if not s.done]
+
+    def info(self, index: int) -> pb.TensorInfo | None:
+        return self._states[index].info
+
+    def feed(self, index: int, chunk: wire.Chunk) -> Tensor | None:
+        if not 0 <= index < len(self._states):
+            raise ProtocolError(None, f"chunk for variable index {index}, the request has {len(self._states)}")
+        state = self._states[index]
+        spec = state.spec
+        if state.done:
+            raise ProtocolError(None, f"variable {spec.name!r}: a chunk after its last one")
+        if chunk.info is not None:
+            if state.info is None:
+                _check_info(spec, chunk.info, self._verify)
+                state.info = chunk.info
+                state.hasher = hashlib.sha256() if self._verify else None
+                self._sink.open(state.key, chunk.info)
+            elif not _same_info(state.info, chunk.info):
+                raise ProtocolError(None, f"variable {spec.name!r}: the resumed stream reports a different tensor")
+        info = state.info
+        if info is None:
+            raise ProtocolError(None, f"variable {spec.name!r}: its first chunk carries no info")
+        size = len(chunk.data)
+        if chunk.offset != state.received:
+            raise ProtocolError(
+                None, f"variable {spec.name!r}: chunk at offset {chunk.offset}, expected {state.received}"
+            )
+        if state.received + size > info.byte_size:
+            raise ProtocolError(None, f"variable {spec.name!r}: chunks run past its byte_size {info.byte_size}")
+        if size:
+            self._sink.write(state.key, chunk.offset, chunk.data)
+            if state.hasher is not None:
+                state.hasher.update(chunk.data)
+            state.received += size
+            self.received += size
+            if self._on_bytes is not None:
+                self._on_bytes(size)
+        if not chunk.last:
+            return None
+        if state.received != info.byte_size:
+            raise ProtocolError(
+                None, f"variable {spec.name!r}: last chunk at {state.received} bytes of {info.byte_size}"
+            )
+        if state.hasher is not None:
+            actual = state.hasher.digest()
+            if chunk.digest != actual:
+                raise DigestMismatchError(spec.name, chunk.digest, actual)
+        state.done = True
+        return Tensor(spec.name, self._sink.finish(state.key), info, chunk.digest)
+
+    def resume_request(
+        self, original: pb.MaterializeRequest, *, sequential: bool
+    ) -> tuple[pb.MaterializeRequest, list[int]]:
+        """The request that fetches what is missing, and the indexes (into `specs`) of its variables.
+
+        Each started variable resumes at its contiguous prefix, at the sequence position the server
+        reported (sequential sessions). A request with seed 0 resumes with the seed the server
+        picked. A sequential session's variable that never started cannot resume (its position is
+        unknown) unless nothing at all arrived (the request was refused before it started)."""
+        request = pb.MaterializeRequest(
+            session_id=original.session_id, seed=original.seed, chunk_bytes=original.chunk_bytes
+        )
+        if not request.session_id and not request.seed:
+            request.seed = next((s.info.seed for s in self._states if s.info is not None and not s.spec.seed), 0)
+        nothing_arrived = all(s.info is None for s in self._states)
+        pending = self.pending
+        for i in pending:
+            state = self._states[i]
+            spec = pb.VariableSpec()
+            spec.CopyFrom(state.spec)
+            if state.info is not None:
+                spec.resume_offset = state.received
+                if state.info.HasField("sequence_index"):
+                    spec.sequence_index = state.info.sequence_index
+            elif sequential and not spec.seed and not nothing_arrived:
+                raise ResumeError(
+                    None,
+                    f"variable {spec.name!r} had not started when the stream broke; its position in the "
+                    "sequential session is unknown, so a retry could not give the values the stream would have",
+                )
+            request.variables.append(spec)
+        return request, pending
+
+
+__all__ = ["Assembler", "MemorySink", "Sink", "Tensor"]

@@ -1,0 +1,374 @@
+"""The ``weightgen`` command: fetch, list, inspect, verify and serve.
+
+    weightgen fetch examples/specs/gpt2-small.json -o gpt2.safetensors --seed 42
+    weightgen list
+    weightgen inspect gpt2.safetensors
+    weightgen verify gpt2.safetensors
+    weightgen serve --port 50051          # the server (needs weightgen[server])
+
+Exit status: 0 on success, 1 when the server refuses or a verification fails, 2 for a usage error
+(bad arguments, unreadable spec or file). Errors print as ``error: <STATUS>: <message>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from google.protobuf import json_format
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from weightgen.v1 import wire
+
+from .client import DEFAULT_TARGET, Client
+from .errors import WeightgenError
+from .files import Manifest, read_header, read_manifest, tensor_stats
+from .specfile import SpecFileError, load_spec
+from .verify import verify_file
+
+SERVER_ENV = "WEIGHTGEN_SERVER"
+SPEC_HELP = """\
+spec files (examples/specs/ has an MLP, ResNet-50 and GPT-2 small):
+  protobuf JSON, "variables" a list (the API's MaterializeRequest):
+    {"seed": 42, "variables": [{"name": "fc.weight", "shape": [256, 784],
+      "dtype": "DTYPE_BFLOAT16", "initializer": {"heNormal": {}}}]}
+  shorthand, "variables" an object, one entry per variable:
+    {"seed": 42, "dtype": "bfloat16", "layout": "channels_first",
+     "variables": {"conv.weight": "64x3x7x7 kaiming_normal(mode=fan_out, nonlinearity=relu)",
+                   "conv.bias": "64 zeros float32",
+                   "head": {"shape": [10, 64], "init": {"heNormal": {}}, "slice": [[0, 5], [0, 64]]}}}
+  a string is SHAPE [INITIALIZER] [DTYPE] [LAYOUT] [seed=N]; top-level "dtype", "layout" and "init"
+  are defaults. Run `weightgen list` for every initializer and its parameters.
+"""
+
+
+class UsageError(Exception):
+    """A problem with the command line or its files (exit status 2)."""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _seeds(manifest: Manifest) -> str:
+    seeds = manifest.seeds
+    if len(seeds) <= 3:
+        return ", ".join(str(s) for s in seeds)
+    return f"{len(seeds)} seeds ({seeds[0]}, {seeds[1]}, ...)"
+
+
+# -- connection options ------------------------------------------------------------------------
+
+
+def _add_connection(parser: argparse.ArgumentParser, default: str = DEFAULT_TARGET) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--server",
+        default=None,
+        help=f"HOST:PORT of the server [env {SERVER_ENV}; default {default}]",
+    )
+    group.add_argument("--token-file", help="file holding the bearer token (first non-comment line)")
+    group.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca-file)")
+    group.add_argument("--ca-file", help="PEM CA certificate(s) that sign the server's certificate (implies --tls)")
+    group.add_argument("--cert-file", help="PEM client certificate, for mutual TLS (with --key-file)")
+    group.add_argument("--key-file", help="PEM client private key, for mutual TLS")
+    group.add_argument("--timeout", type=float, default=None, help="seconds each call may take (default: no limit)")
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def _client(args: argparse.Namespace, fallback: str = DEFAULT_TARGET, **kwargs) -> Client:
+    """A Client for --server, else $WEIGHTGEN_SERVER, else `fallback`."""
+    token = None
+    if args.token_file:
+        lines = (_read(args.token_file, "token file") or b"").decode().splitlines()
+        token = next((t.strip() for t in lines if t.strip() and not t.strip().startswith("#")), None)
+        if token is None:
+            raise UsageError(f"{args.token_file} holds no token")
+    tls: bool | object = bool(args.tls or args.ca_file or args.cert_file)
+    if args.cert_file or args.key_file:
+        if not (args.cert_file and args.key_file):
+            raise UsageError("--cert-file and --key-file go together")
+        import grpc
+
+        tls = grpc.ssl_channel_credentials(
+            root_certificates=_read(args.ca_file, "CA file"),
+            private_key=_read(args.key_file, "key file"),
+            certificate_chain=_read(args.cert_file, "certificate file"),
+        )
+    return Client(
+        args.server or os.environ.get(SERVER_ENV) or fallback,
+        tls=tls,
+        root_certificates=_read(args.ca_file, "CA file") if tls is True else None,
+        token=token,
+        timeout=args.timeout,
+        **kwargs,
+    )
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
+    try:
+        request = load_spec(args.spec)
+    except (OSError, SpecFileError) as e:
+        raise UsageError(str(e)) from None
+    if args.seed is not None:
+        request.seed = args.seed
+    if args.chunk_bytes is not None:
+        request.chunk_bytes = args.chunk_bytes
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=args.no_progress,
+        transient=False,
+    )
+    with _client(args, retries=args.retries, verify=not args.no_verify) as client, progress:
+        task = progress.add_task(Path(args.output).name, total=None)
+
+        def advance(received: int, total: int) -> None:
+            progress.update(task, completed=received, total=total)
+
+        started = time.perf_counter()
+        manifest = client.materialize_to_file(request, args.output, streams=args.streams, progress=advance)
+        seconds = time.perf_counter() - started
+    table = Table(title=escape(f"weightgen fetch → {args.output}"), show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("variables", str(len(manifest.variables)))
+    table.add_row("bytes", f"{human_bytes(manifest.total_bytes)} ({manifest.total_bytes:,})")
+    table.add_row("seed", _seeds(manifest))
+    table.add_row("generator", escape(manifest.generator))
+    table.add_row("server", escape(manifest.server))
+    table.add_row("time", f"{seconds:.2f} s ({human_bytes(manifest.total_bytes / max(seconds, 1e-9))}/s)")
+    out.print(table)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, out: Console, err: Console) -> int:
+    with _client(args) as client:
+        response = client.list_initializers()
+    if args.json:
+        out.print_json(json_format.MessageToJson(response))
+        return 0
+    table = Table(title=f"initializers ({response.generator})")
+    table.add_column("name", style="bold")
+    table.add_column("JSON")
+    table.add_column("parameters (defaults)")
+    table.add_column("kind")
+    table.add_column("formula")
+    for info in response.initializers:
+        params = []
+        for p in info.parameters:
+            text = p.name if not p.default_value else f"{p.name}={p.default_value}"
+            if p.choices:
+                text += f" [{'|'.join(p.choices)}]"
+            params.append(text)
+        kind = ", ".join(k for k, on in (("random", info.random), ("fan-based", info.fan_based)) if on) or "fixed"
+        table.add_row(info.name, info.json_name, escape("\n".join(params) or "-"), kind, escape(info.formula))
+    out.print(table)
+    dtypes = ", ".join(wire.dtype_name(d) for d in response.dtypes if d in wire.DTYPES)
+    out.print(f"dtypes: {dtypes}")
+    return 0
+
+
+def _format(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.6g}"
+
+
+def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
+    try:
+        metadata, tensors = read_header(args.file)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {args.file}: {e}") from None
+    manifest = Manifest.from_json(metadata["weightgen"]) if "weightgen" in metadata else None
+    if manifest is not None:  # the request's order rather than the file's (which is by alignment)
+        order = {v.name: i for i, v in enumerate(manifest.variables)}
+        tensors = sorted(tensors, key=lambda t: order.get(t.name, len(order)))
+    rows = []
+    for tensor in tensors:
+        try:
+            stats = tensor_stats(args.file, tensor)
+        except ValueError:
+            stats = None
+        rows.append((tensor, stats))
+    if args.json:
+        out.print_json(
+            json.dumps(
+                {
+                    "tensors": [
+                        {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+                        | ({} if s is None else {"min": s.min, "max": s.max, "mean": s.mean, "std": s.std})
+                        for t, s in rows
+                    ],
+                    "manifest": manifest.to_dict() if manifest else None,
+                }
+            )
+        )
+        return 0
+    table = Table(title=escape(str(args.file)))
+    for column in ("name", "dtype", "shape", "min", "max", "mean", "std"):
+        table.add_column(column, justify="right" if column in ("min", "max", "mean", "std") else "left")
+    for tensor, stats in rows:
+        numbers = ["-"] * 4 if stats is None else [_format(v) for v in (stats.min, stats.max, stats.mean, stats.std)]
+        table.add_row(escape(tensor.name), tensor.dtype, "x".join(map(str, tensor.shape)) or "scalar", *numbers)
+    out.print(table)
+    if manifest is None:
+        out.print("no weightgen manifest in this file")
+        return 0
+    summary = Table(title="manifest", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("variables", str(len(manifest.variables)))
+    summary.add_row("bytes", f"{human_bytes(manifest.total_bytes)} ({manifest.total_bytes:,})")
+    summary.add_row("seed", _seeds(manifest))
+    summary.add_row("generator", escape(manifest.generator))
+    summary.add_row("server", escape(manifest.server))
+    if manifest.session is not None:
+        mode = "sequential" if manifest.session.rng_mode == 2 else "by name"
+        summary.add_row("session", f"seed {manifest.session.seed}, {mode}")
+    summary.add_row("created", f"{manifest.created} ({manifest.seconds:.2f} s)")
+    out.print(summary)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, out: Console, err: Console) -> int:
+    try:
+        recorded = read_manifest(args.file).server  # by default, the server that wrote the file
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot verify {args.file}: {e}") from None
+    with _client(args, fallback=recorded or DEFAULT_TARGET) as client:
+        try:
+            checks = verify_file(client, args.file)
+        except ValueError as e:
+            raise UsageError(f"{args.file}: {e}") from None
+    bad = [c for c in checks if not c.ok]
+    table = Table(title=escape(f"weightgen verify {args.file}"))
+    table.add_column("name")
+    table.add_column("bytes", justify="right")
+    table.add_column("result")
+    for check in checks if args.all else bad:
+        result = "[green]ok[/green]" if check.ok else "[red]" + escape("; ".join(check.problems)) + "[/red]"
+        table.add_row(escape(check.name), f"{check.byte_size:,}", result)
+    if table.row_count:
+        out.print(table)
+    total = sum(c.byte_size for c in checks)
+    if bad:
+        out.print(f"[red]FAILED[/red]: {len(bad)} of {len(checks)} tensors differ from the server's")
+        return 1
+    out.print(f"[green]OK[/green]: {len(checks)} tensors, {human_bytes(total)}, identical to the server's, bit for bit")
+    return 0
+
+
+def cmd_serve(argv: Sequence[str]) -> int:
+    try:
+        from weightgen.server.__main__ import main as serve
+    except ImportError as e:
+        raise UsageError(f"the server needs its extra: pip install 'weightgen[server]' ({e})") from None
+    return serve(list(argv))
+
+
+# -- the parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weightgen", description="Neural-network initial weights from a weightgen server."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fetch = sub.add_parser(
+        "fetch",
+        help="fetch a spec's variables into a .safetensors file with a manifest",
+        epilog=SPEC_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fetch.add_argument("spec", help="spec file: a MaterializeRequest in protobuf JSON, or the shorthand below")
+    fetch.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    fetch.add_argument("--seed", type=int, default=None, help="the request's seed (overrides the spec's; 0 = random)")
+    fetch.add_argument("--chunk-bytes", type=int, default=None, help="largest chunk (default: the server's, 1 MiB)")
+    fetch.add_argument("--streams", type=int, default=1, help="concurrent streams (default 1)")
+    fetch.add_argument("--retries", type=int, default=3, help="failed attempts in a row before giving up (default 3)")
+    fetch.add_argument("--no-verify", action="store_true", help="skip digest verification (not recommended)")
+    fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_connection(fetch)
+    fetch.set_defaults(run=cmd_fetch)
+
+    listing = sub.add_parser("list", help="list the server's initializers with their parameters")
+    listing.add_argument("--json", action="store_true", help="print the ListInitializersResponse as JSON")
+    _add_connection(listing)
+    listing.set_defaults(run=cmd_list)
+
+    inspect = sub.add_parser("inspect", help="shapes, dtypes, statistics and manifest of a .safetensors file")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    inspect.set_defaults(run=cmd_inspect)
+
+    verify = sub.add_parser("verify", help="re-fetch every tensor of a file and compare it bit for bit")
+    verify.add_argument("file")
+    verify.add_argument("--all", action="store_true", help="list every tensor, not just those that differ")
+    _add_connection(verify, default="the server recorded in the file's manifest")
+    verify.set_defaults(run=cmd_verify)
+
+    sub.add_parser("serve", help="run the server (arguments go to it; see weightgen serve --help)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Piped output (tests, logs) gets wide tables rather than names wrapped at 80 columns.
+    out = Console(width=None if sys.stdout.isatty() else 200)
+    err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+    try:
+        if argv and argv[0] == "serve":
+            return cmd_serve(argv[1:])
+        args = build_parser().parse_args(argv)
+        return args.run(args, out, err)
+    except UsageError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        return 2
+    except WeightgenError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        return 1
+    except ValueError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

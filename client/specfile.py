@@ -1,0 +1,173 @@
+"""Spec files for ``weightgen fetch``: a MaterializeRequest in protobuf JSON, or a compact shorthand.
+
+The form is detected from ``variables``: a list is protobuf JSON (the API's own form, what every
+language's protobuf library reads)::
+
+    {"seed": "42", "variables": [{"name": "fc1.weight", "shape": ["256", "784"], "dtype": "DTYPE_FLOAT32",
+      "initializer": {"heNormal": {}, "fanAxes": {"layout": "FAN_LAYOUT_CHANNELS_FIRST"}}}]}
+
+an object is the shorthand, one entry per variable, in file order::
+
+    {
+      "seed": 42,                       # optional; 0 or absent: the server picks one
+      "dtype": "bfloat16",              # optional default dtype (else float32)
+      "layout": "channels_first",       # optional default fan layout for fan-based initializers
+      "init": "zeros",                  # optional default initializer
+      "variables": {
+        "wte.weight": "50257x768 normal(stddev=0.02)",
+        "h.0.ln_1.weight": "768 ones",
+        "conv1.weight": "64x3x7x7 kaiming_normal(mode=fan_out, nonlinearity=relu) float32 channels_first",
+        "bn1.num_batches_tracked": "scalar zeros int64",
+        "fc.weight": {"shape": [1000, 2048], "init": {"heNormal": {}}, "slice": [[0, 500], [0, 2048]], "seed": 7}
+      }
+    }
+
+A shorthand string is ``SHAPE [INITIALIZER] [DTYPE] [LAYOUT] [seed=N]``: SHAPE is ``AxBxC``, one
+number, or ``scalar``; INITIALIZER is a name or ``name(param=value, ...)`` (as `specs.parse_initializer`
+reads it), and may be left out when there is a default ``init``. The object form takes ``shape``,
+``init`` (string or protobuf JSON), ``dtype``, ``layout``, ``seed`` and ``slice`` ([start, stop] per axis).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format
+
+from weightgen.v1 import weightgen_pb2 as pb
+from weightgen.v1 import wire
+
+from .specs import dtype_value, enum_value, initializer, slice_ranges
+
+_LAYOUTS = ("channels_first", "channels_last")
+_WITHOUT_FANS = frozenset(
+    {
+        "zeros",
+        "ones",
+        "constant",
+        "random_normal",
+        "random_uniform",
+        "truncated_normal",
+        "broadcast",
+        "orthogonal",
+        "identity",
+    }
+)
+"""Initializer kinds a default layout does not apply to (they use no fans)."""
+_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\([^)]*\)|\S+")
+_SHAPE = re.compile(r"^(scalar|\d+(?:x\d+)*)$")
+
+
+class SpecFileError(ValueError):
+    """A spec file that cannot be read as a request; the message names the variable and problem."""
+
+
+def load_spec(path: str | os.PathLike) -> pb.MaterializeRequest:
+    """The MaterializeRequest in a spec file (either form)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SpecFileError(f"{path}: not valid JSON: {e}") from None
+    try:
+        return parse_spec(data)
+    except SpecFileError as e:
+        raise SpecFileError(f"{path}: {e}") from None
+
+
+def parse_spec(data: Mapping[str, Any]) -> pb.MaterializeRequest:
+    """A MaterializeRequest from a decoded spec file (either form)."""
+    if not isinstance(data, Mapping):
+        raise SpecFileError("the spec must be a JSON object")
+    variables = data.get("variables")
+    if isinstance(variables, list):
+        try:
+            return json_format.ParseDict(dict(data), pb.MaterializeRequest())
+        except json_format.ParseError as e:
+            raise SpecFileError(f"not a valid MaterializeRequest in protobuf JSON: {e}") from None
+    if isinstance(variables, Mapping):
+        return _shorthand(data)
+    raise SpecFileError('"variables" must be a list (protobuf JSON) or an object (shorthand)')
+
+
+def _shape(value: Any) -> list[int]:
+    if isinstance(value, str):
+        if not _SHAPE.match(value):
+            raise ValueError(f"shape {value!r}: expected e.g. 768x2304, 768 or scalar")
+        return [] if value == "scalar" else [int(d) for d in value.split("x")]
+    return [int(d) for d in value]
+
+
+def _variable(name: str, value: Any, defaults: Mapping[str, Any]) -> pb.VariableSpec:
+    fields: dict[str, Any] = {}
+    if isinstance(value, str):
+        tokens = _TOKEN.findall(value)
+        if not tokens:
+            raise ValueError("empty spec")
+        fields["shape"] = tokens[0]
+        for token in tokens[1:]:
+            if token in _LAYOUTS:
+                fields["layout"] = token
+            elif token.startswith("seed="):
+                fields["seed"] = int(token[5:])
+            elif token in wire.BY_NAME or token.lower() in ("bf16", "f16", "f32", "f64"):
+                fields["dtype"] = token
+            elif "init" not in fields:
+                fields["init"] = token
+            else:
+                raise ValueError(f"unexpected {token!r} (after the initializer: a dtype, a layout or seed=N)")
+    elif isinstance(value, Mapping):
+        fields = dict(value)
+        if "initializer" in fields:
+            fields["init"] = fields.pop("initializer")
+        unknown = set(fields) - {"shape", "init", "dtype", "layout", "seed", "slice"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
+    else:
+        raise ValueError(f"expected a string or an object, got {type(value).__name__}")
+    if "shape" not in fields:
+        raise ValueError("no shape")
+    shape = _shape(fields["shape"])
+    spec = pb.VariableSpec(
+        name=name,
+        shape=shape,
+        dtype=dtype_value(fields.get("dtype", defaults.get("dtype"))),
+        seed=int(fields.get("seed", 0)),
+        slice=slice_ranges([tuple(r) for r in fields["slice"]], shape) if fields.get("slice") else [],
+    )
+    message = initializer(fields.get("init", defaults.get("init")))
+    if message is not None:
+        message = _with_layout(message, fields.get("layout", defaults.get("layout")))
+        spec.initializer.CopyFrom(message)
+    return spec
+
+
+def _with_layout(message: pb.Initializer, layout: str | None) -> pb.Initializer:
+    if layout is None or message.HasField("fan_axes") or message.WhichOneof("kind") in _WITHOUT_FANS:
+        return message
+    out = pb.Initializer()
+    out.CopyFrom(message)
+    out.fan_axes.layout = enum_value(pb.FanLayout.DESCRIPTOR, layout)
+    return out
+
+
+def _shorthand(data: Mapping[str, Any]) -> pb.MaterializeRequest:
+    unknown = set(data) - {"seed", "dtype", "layout", "init", "variables", "chunkBytes", "chunk_bytes", "comment"}
+    if unknown:
+        raise SpecFileError(f"unknown top-level keys {sorted(unknown)}")
+    request = pb.MaterializeRequest(
+        seed=int(data.get("seed", 0)), chunk_bytes=int(data.get("chunkBytes", data.get("chunk_bytes", 0)))
+    )
+    for name, value in data["variables"].items():
+        try:
+            request.variables.append(_variable(name, value, data))
+        except (ValueError, TypeError) as e:
+            raise SpecFileError(f"variable {name!r}: {e}") from None
+    return request
+
+
+__all__ = ["SpecFileError", "load_spec", "parse_spec"]

@@ -1,0 +1,152 @@
+"""The weightgen CLI, run as a subprocess against the real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from client_helpers import same_bytes
+from safetensors.numpy import load_file
+
+from weightgen.client import read_manifest
+from weightgen.client.files import read_header
+from weightgen.client.specfile import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+MLP = ROOT / "examples" / "specs" / "mlp.json"
+
+
+def weightgen(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "weightgen.client.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**{k: v for k, v in os.environ.items() if k != "WEIGHTGEN_SERVER"}, "COLUMNS": "200"},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"weightgen {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def fetched(server, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("cli") / "mlp.safetensors"
+    result = weightgen("fetch", str(MLP), "-o", str(out), "--server", server.address, "--no-progress")
+    return out, result
+
+
+def test_fetch_writes_what_the_client_materializes(fetched, client):
+    path, result = fetched
+    loaded = load_file(path)
+    expected = client.materialize(load_spec(MLP))
+    assert list(expected) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
+    assert set(loaded) == set(expected) and all(same_bytes(loaded[k], expected[k]) for k in expected)
+    assert loaded["fc1.weight"].shape == (128, 64)
+    bound = 1 / np.sqrt(64)  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert np.abs(loaded["fc1.weight"]).max() <= bound and np.abs(loaded["fc1.weight"]).max() > 0.9 * bound
+    # The summary table: variables, bytes, seed, time.
+    for text in ("variables", "6", "104,488", "seed", "42", "weightgen/1", "time"):
+        assert text in result.stdout, text
+    manifest = read_manifest(path)
+    assert manifest.seeds == [42] and manifest.request == load_spec(MLP)
+
+
+def test_fetch_shorthand_with_seed_and_streams(server, tmp_path, client):
+    spec = tmp_path / "small.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "seed": 1,
+                "dtype": "bfloat16",
+                "layout": "channels_first",
+                "variables": {
+                    "conv.weight": "8x4x3x3 kaiming_normal(mode=fan_out, nonlinearity=relu)",
+                    "conv.bias": "8 zeros float32",
+                    "head": {"shape": [6, 10], "init": {"heNormal": {}}, "slice": [[2, 4], [0, 10]]},
+                },
+            }
+        )
+    )
+    out = tmp_path / "small.safetensors"
+    weightgen(
+        "fetch", str(spec), "-o", str(out), "--seed", "9", "--streams", "2", "--server", server.address, "--no-progress"
+    )
+    loaded = load_file(out)
+    request = load_spec(spec)
+    expected = client.materialize(request, seed=9)
+    assert all(same_bytes(loaded[k], expected[k]) for k in expected)
+    assert loaded["conv.weight"].dtype.name == "bfloat16" and loaded["head"].shape == (2, 10)
+    assert read_manifest(out).seeds == [9]
+
+
+def test_list(server):
+    result = weightgen("list", "--server", server.address)
+    for name in ("he_normal", "randomUniform", "variance_scaling", "stddev=0.01", "[lower, upper]"):
+        assert name in result.stdout, name
+    listed = json.loads(weightgen("list", "--json", "--server", server.address).stdout)
+    assert listed["generator"] == "weightgen/1" and len(listed["initializers"]) >= 23
+
+
+def test_inspect(fetched):
+    path, _ = fetched
+    result = weightgen("inspect", str(path))
+    for text in ("fc1.weight", "128x64", "F32", "manifest", "weightgen/1", "42"):
+        assert text in result.stdout, text
+    report = json.loads(weightgen("inspect", "--json", str(path)).stdout)
+    loaded = load_file(path)
+    for tensor in report["tensors"]:
+        values = loaded[tensor["name"]].astype(np.float64)
+        assert tensor["shape"] == list(values.shape)
+        assert np.isclose(tensor["mean"], values.mean(), rtol=1e-9, atol=1e-12)
+        assert np.isclose(tensor["std"], values.std(), rtol=1e-9)
+        assert tensor["min"] == values.min() and tensor["max"] == values.max()
+    assert report["manifest"]["request"]["seed"] == "42"
+
+
+def test_verify_passes_then_fails_after_a_flipped_byte(fetched, server, tmp_path):
+    path, _ = fetched
+    ok = weightgen("verify", str(path))  # the server recorded in the manifest
+    assert "OK: 6 tensors" in ok.stdout
+    corrupted = tmp_path / "corrupted.safetensors"
+    data = bytearray(path.read_bytes())
+    _, tensors = read_header(path)
+    target = next(t for t in tensors if t.name == "fc2.bias")
+    data[target.begin + 17] ^= 0x01
+    corrupted.write_bytes(bytes(data))
+    bad = weightgen("verify", str(corrupted), "--server", server.address, check=False)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "fc2.bias" in bad.stdout and "1 of 6" in bad.stdout and "fc1.weight" not in bad.stdout
+
+
+def test_errors_and_exit_codes(server, tmp_path):
+    bad_spec = tmp_path / "bad.json"
+    bad_spec.write_text(json.dumps({"variables": {"w": "4x-2 he"}}))
+    usage = weightgen("fetch", str(bad_spec), "-o", str(tmp_path / "x.safetensors"), check=False)
+    assert usage.returncode == 2 and "error:" in usage.stderr and "'w'" in usage.stderr
+    refused_spec = tmp_path / "refused.json"
+    refused_spec.write_text(json.dumps({"seed": 1, "variables": {"u": "4 random_uniform(min=3, max=1)"}}))
+    refused = weightgen(
+        "fetch",
+        str(refused_spec),
+        "-o",
+        str(tmp_path / "x.safetensors"),
+        "--server",
+        server.address,
+        "--no-progress",
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert "error: INVALID_ARGUMENT: variables[0] ('u')" in refused.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+    missing = weightgen("inspect", str(tmp_path / "nope.safetensors"), check=False)
+    assert missing.returncode == 2
+    assert weightgen("frobnicate", check=False).returncode == 2

@@ -1,0 +1,123 @@
+"""Safetensors files written as the stream arrives, and their manifests."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import ml_dtypes
+import numpy as np
+import pytest
+from client_helpers import digest, same_bytes
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+from weightgen.client import Variable, errors, init, read_manifest
+from weightgen.client.files import Manifest, SafetensorsWriter, read_header
+from weightgen.client.specs import variable_specs
+from weightgen.client.verify import verify_file
+from weightgen.v1 import weightgen_pb2 as pb
+
+VARIABLES = [
+    Variable("embed", (50, 16), "random_normal(stddev=0.02)", dtype="bfloat16"),
+    Variable("layer.weight", (16, 24), init.he_uniform(), dtype="float64"),
+    Variable("layer.bias", (24,), "zeros", dtype="float16"),
+    Variable("mask", (5,), "ones", dtype="bool"),
+    Variable("steps", (), "zeros", dtype="int64"),
+    Variable("count", (3, 2), init.constant(value=7), dtype="uint16"),
+    Variable("z", (4, 2), init.random_normal(stddev=1.0), dtype="complex64"),
+    Variable("empty", (0, 7), "he"),
+    Variable("shard", (64, 32), "glorot_uniform", slice=np.s_[16:32]),
+]
+
+
+def test_file_equals_the_arrays_and_reloads(client, tmp_path):
+    path = tmp_path / "model.safetensors"
+    manifest = client.materialize_to_file(VARIABLES, path, seed=31)
+    arrays = client.materialize(VARIABLES, seed=31)
+    loaded = load_file(path)
+    assert set(loaded) == set(arrays)
+    for name, array in arrays.items():
+        assert same_bytes(loaded[name], array), name
+    assert loaded["embed"].dtype == ml_dtypes.bfloat16 and loaded["shard"].shape == (16, 32)
+    assert loaded["steps"].shape == () and loaded["z"].dtype == np.complex64
+    with safe_open(path, "np") as f:
+        assert f.metadata()["format"] == "pt" and "weightgen" in f.metadata()
+    # Every tensor is aligned to its element size, and no partial file is left behind.
+    _, tensors = read_header(path)
+    assert all(t.begin % t.numpy_dtype.itemsize == 0 for t in tensors)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+    assert manifest.total_bytes == sum(a.nbytes for a in arrays.values())
+
+
+def test_manifest_round_trip(client, tmp_path):
+    path = tmp_path / "m.safetensors"
+    manifest = client.materialize_to_file(VARIABLES, path)  # seed 0: the server picks, the manifest keeps it
+    read = read_manifest(path)
+    assert read.to_json() == manifest.to_json() and Manifest.from_json(read.to_json()).to_dict() == read.to_dict()
+    assert read.request == client.request(VARIABLES) and read.server == client.target
+    assert read.generator == "weightgen/1" and len(read.seeds) == 1 and read.seeds[0] != 0
+    assert read.created.endswith("Z") and read.seconds > 0 and read.session is None
+    arrays = client.materialize(VARIABLES, seed=read.seeds[0])
+    for entry in read.variables:
+        assert entry.digest == digest(arrays[entry.name]).hex()
+        assert entry.byte_size == arrays[entry.name].nbytes
+    assert read.variable("shard").slice == [[16, 32], [0, 32]] and read.variable("shard").shape == [64, 32]
+    assert read.variable("mask").zero_reason == "" and read.variable("layer.weight").dtype == "float64"
+    # The header is padded with spaces to the size reserved before the first byte.
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = raw[8 : 8 + length]
+    assert length % 8 == 0 and header.rstrip(b" ").endswith(b"}") and json.loads(header)
+
+
+def test_parallel_streams_to_a_file(client, tmp_path):
+    one = client.materialize_to_file(VARIABLES, tmp_path / "one.safetensors", seed=8)
+    four = client.materialize_to_file(VARIABLES, tmp_path / "four.safetensors", seed=8, streams=4)
+    assert [v.digest for v in one.variables] == [v.digest for v in four.variables]
+    a, b = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "four.safetensors")
+    assert set(a) == set(b) and all(same_bytes(a[k], b[k]) for k in a)
+
+
+def test_session_file_verifies(client, tmp_path):
+    path = tmp_path / "seq.safetensors"
+    with client.open_session(
+        seed=12, rng_mode="sequential", default_initializer="he_normal", default_dtype="bf16"
+    ) as s:
+        s.materialize([Variable("before", (4, 4))])  # the file's variables start at position 1
+        manifest = s.materialize_to_file(
+            [Variable("a", (8, 8)), Variable("b", (8,), "ones"), Variable("c", (4, 4))], path
+        )
+    assert [v.sequence_index for v in manifest.variables] == [1, None, 2]
+    assert manifest.session.seed == 12 and manifest.variables[0].dtype == "bfloat16"
+    checks = verify_file(client, path)
+    assert [c.name for c in checks] == ["a", "b", "c"] and all(c.ok for c in checks)
+
+
+def test_complex128_is_refused_clearly(client, tmp_path):
+    with pytest.raises(ValueError, match="complex128"):
+        client.materialize_to_file([Variable("z", (2,), "zeros", dtype="complex128")], tmp_path / "z.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_fetch_leaves_no_file(client, tmp_path):
+    with pytest.raises(errors.InvalidArgument):
+        client.materialize_to_file([Variable("a", (2,), "he"), Variable("a", (2,), "he")], tmp_path / "x.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_header_outgrowing_its_reserve_is_relocated(tmp_path):
+    specs = variable_specs([Variable("a", (3,), "zeros"), Variable("b", (2, 2), "zeros", dtype="int16")])
+    writer = SafetensorsWriter(
+        tmp_path / "r.safetensors", specs, [pb.DTYPE_FLOAT32, pb.DTYPE_INT16], metadata_reserve={"k": "short"}
+    )
+    a = np.array([1.5, -2.0, 3.25], np.float32)
+    b = np.array([[1, 2], [3, -4]], np.int16)
+    writer.write(1, 0, memoryview(b.tobytes()))
+    writer.write(0, 4, memoryview(a[1:].tobytes()))
+    writer.write(0, 0, memoryview(a[:1].tobytes()))
+    writer.commit({"k": "x" * 5000})
+    loaded = load_file(tmp_path / "r.safetensors")
+    assert np.array_equal(loaded["a"], a) and np.array_equal(loaded["b"], b)
+    metadata, _ = read_header(tmp_path / "r.safetensors")
+    assert metadata == {"k": "x" * 5000}
