@@ -213,13 +213,13 @@ class Engine:
         pieces = plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS)
         pending: deque[tuple[Piece, list[tuple[Job, Future[np.ndarray]]]]] = deque()
 
+        total_blocks = -(-math.prod(plan.shape) // block)
+
         def submit(piece: Piece) -> None:
             calls = []
-            for lo, hi in piece.block_ranges(block):
-                for b in range(lo, hi, kernels.MAX_CALL_BLOCKS):
-                    n = min(kernels.MAX_CALL_BLOCKS, hi - b)
-                    job = Job(affine.family, dtype.compute.name, key, b, n, affine.coefficients, parts)
-                    calls.append((job, self.pool.submit(job)))
+            for b, n in piece.calls(block, kernels.MAX_CALL_BLOCKS, total_blocks):
+                job = Job(affine.family, dtype.compute.name, key, b, n, affine.coefficients, parts)
+                calls.append((job, self.pool.submit(job)))
             pending.append((piece, calls))
 
         try:
@@ -261,7 +261,7 @@ def _gather(piece: Piece, generated: list[tuple[int, np.ndarray]], block: int) -
     first_flat = np.asarray([b * block for b, _ in generated], np.int64)
     offsets = np.concatenate([[0], np.cumsum([v.size for _, v in generated])[:-1]]).astype(np.int64)
     buffer = np.concatenate([v for _, v in generated])
-    # Generated calls are contiguous within a block range, so the call holding a run's first
+    # Calls that a run crosses between are adjacent (Piece.calls), so the call holding a run's first
     # element also determines where the whole run sits in `buffer`.
     which = np.searchsorted(first_flat, piece.starts, side="right") - 1
     positions = offsets[which] + (piece.starts - first_flat[which])

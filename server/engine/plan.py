@@ -15,6 +15,8 @@ import numpy as np
 
 from .spec import SpecError
 
+MAX_RUNS_PER_PIECE = 4096
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -37,6 +39,40 @@ class Piece:
         lo = np.concatenate([[0], gaps + 1])
         hi = np.concatenate([gaps, [first.size - 1]])
         return [(int(first[a]), int(last[b]) + 1) for a, b in zip(lo, hi, strict=True)]
+
+    def calls(self, block: int, window: int, total_blocks: int) -> list[tuple[int, int]]:
+        """The kernel calls (first block, block count) that cover the piece, in order.
+
+        Calls live in aligned windows of `window` blocks. Where the piece needs a good part of a
+        window (a quarter or more of its blocks, from first to last) the call is the whole window:
+        the same call for every slice and rank that touches it, so concurrent shards share one
+        generation through the pool's single-flight and block cache, and a column shard costs one
+        call per window rather than one per row. Elsewhere the call spans just the needed blocks.
+        Calls that a run crosses between are adjacent, so their values concatenate."""
+        calls: list[tuple[int, int]] = []
+        span: tuple[int, int] | None = None  # needed blocks of the current window
+
+        def flush() -> None:
+            lo, hi = span
+            w = lo // window
+            if hi - lo >= window // 4:
+                lo, hi = w * window, min((w + 1) * window, total_blocks)
+            calls.append((lo, hi - lo))
+
+        for first, end in self.block_ranges(block):
+            at = first
+            while at < end:
+                part = (at, min(end, (at // window + 1) * window))
+                if span is not None and span[0] // window == at // window:
+                    span = (span[0], part[1])
+                else:
+                    if span is not None:
+                        flush()
+                    span = part
+                at = part[1]
+        if span is not None:
+            flush()
+        return calls
 
 
 @dataclass(frozen=True)
@@ -104,9 +140,20 @@ class Plan:
                     yield Piece(np.array([at], np.int64), cut - at)
                     at = cut
             return
-        per_piece = max(1, max_elements // length)
+        # Capping the runs per piece bounds the calls a piece needs when runs are sparse; cutting
+        # pieces where run starts enter a new `align` window keeps each window's needs in one piece.
+        per_piece = max(1, min(MAX_RUNS_PER_PIECE, max_elements // length))
         stride_vec = np.asarray(strides, np.int64)
+        carried = np.zeros(0, np.int64)
         for r0 in range(0, n_runs, per_piece):
             ids = np.arange(r0, min(n_runs, r0 + per_piece), dtype=np.int64)
             index = np.stack(np.unravel_index(ids, extents), axis=1)
-            yield Piece(base + index @ stride_vec, length)
+            starts = np.concatenate([carried, base + index @ stride_vec])
+            windows = starts // align
+            groups = np.split(starts, np.flatnonzero(windows[1:] != windows[:-1]) + 1)
+            for group in groups[:-1]:
+                for at in range(0, group.size, per_piece):
+                    yield Piece(group[at : at + per_piece], length)
+            carried = groups[-1]
+        for at in range(0, carried.size, per_piece):
+            yield Piece(carried[at : at + per_piece], length)

@@ -19,10 +19,10 @@ from engine_helpers import base_tensor, digest, spec
 from weightgen.server.engine import Engine, VariableSpec, WorkerPool, kernels, rng
 
 # Small tensors, so that a fresh process compiles few block programs (XLA compiles each program once
-# per device, about 0.3 s each). The first case is a slice of 64 short runs in 64 separate blocks:
-# 64 one-block calls, which the pool spreads over its devices.
+# per device, about 0.3 s each). The first case is a column slice of a tensor four call windows
+# long: four whole-window calls, which the pool spreads over its devices.
 PROBE_CASES: list[tuple[str, VariableSpec, int]] = [
-    ("normal_spread", spec("random_normal", (64, 4096), name="spread", slice=((0, 64), (100, 110))), 11),
+    ("normal_spread", spec("random_normal", (64, 16384), name="spread", slice=((0, 64), (100, 110))), 11),
     ("uniform", spec("random_uniform", (30, 30), min=-1.0, max=2.0), 12),
     ("he_normal_conv", spec("he_normal", (3, 3, 4, 8), name="conv/kernel"), 13),
     ("complex64_normal", spec("random_normal", (16, 16), "complex64", stddev=1.0), 14),

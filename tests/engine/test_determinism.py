@@ -285,7 +285,7 @@ def test_processes_devices_and_partitionable_flag(cpu_engine) -> None:
         assert result["digests"] == here, label
         assert result["keys"]["ours"] == result["keys"]["jax"] == keys["ours"], label
         if result["devices"] == 4:
-            assert result["devices_used"] >= 2  # the 3-call tensor really was spread over devices
+            assert result["devices_used"] >= 2  # the four-window tensor really was spread over devices
 
 
 def test_kernel_buckets_cover_a_call() -> None:

@@ -1,0 +1,59 @@
+"""How a hyperslab becomes kernel calls: whole aligned windows where a slice needs a good part of
+one (so shards share generation), just the needed blocks elsewhere, adjacent where runs cross."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from weightgen.server.engine import kernels, rng
+from weightgen.server.engine.plan import Plan
+
+B, W = rng.BLOCK_ELEMENTS, kernels.MAX_CALL_BLOCKS
+
+
+def calls_of(shape, slice_=()):
+    plan = Plan.of(shape, slice_)
+    total = -(-int(np.prod(shape)) // B)
+    return [c for piece in plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS) for c in piece.calls(B, W, total)]
+
+
+def test_a_column_shard_costs_one_call_per_window_shared_by_every_rank():
+    shape = (768, 3072)  # 9 windows of W blocks
+    windows = [(w * W, W) for w in range(768 * 3072 // (B * W))]
+    for r in range(4):
+        calls = calls_of(shape, ((0, 768), (r * 768, (r + 1) * 768)))
+        assert set(windows) <= set(calls)  # the same calls for every rank: shared generation
+        # Besides the windows, only the few blocks of a run crossing into the next window's piece.
+        extra = [n for b, n in calls if (b, n) not in windows]
+        assert sum(extra) < 0.01 * 768 * 3072 / B, extra
+
+
+def test_sparse_runs_generate_only_their_blocks():
+    calls = calls_of((4, 1 << 20), ((0, 4), (5, 6)))  # one element per row, rows 4 windows apart
+    assert calls == [(r * (1 << 20) // B, 1) for r in range(4)]
+
+
+def test_the_tail_window_stops_at_the_tensor_end():
+    elements = 3 * kernels.CALL_ELEMENTS + 5 * B + 17
+    calls = calls_of((elements,))
+    assert calls == [(0, W), (W, W), (2 * W, W), (3 * W, 6)]
+
+
+@pytest.mark.parametrize("slice_", [((1, 7), (0, 300000)), ((0, 8), (1000, 250000)), ((3, 5), (262000, 262200))])
+def test_calls_that_a_run_crosses_between_are_adjacent(slice_):
+    shape = (8, 300000)
+    plan = Plan.of(shape, slice_)
+    total = -(-int(np.prod(shape)) // B)
+    for piece in plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS):
+        calls = piece.calls(B, W, total)
+        covered = np.zeros(total + W, bool)
+        for b, n in calls:
+            covered[b : b + n] = True
+        for start in piece.starts:
+            first, last = start // B, (start + piece.length - 1) // B
+            assert covered[first : last + 1].all()
+        ends = {b + n for b, n in calls}
+        for b, _ in calls[1:]:
+            crossing = any(s // B < b <= (s + piece.length - 1) // B for s in piece.starts)
+            assert not crossing or b in ends
