@@ -124,6 +124,8 @@ class WeightGenService:
     async def Materialize(self, request: pb.MaterializeRequest, context: grpc.aio.ServicerContext):  # noqa: N802
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
+        # Read now: after a cancellation the call's peer may be freed (context.peer() then segfaults).
+        peer = context.peer()
         if self.draining or not self.ready:
             why = "the server is draining" if self.draining else "the server is warming up"
             await self._refuse(
@@ -163,18 +165,21 @@ class WeightGenService:
                 streams.append(stream)
                 t0 = time.perf_counter()
                 while True:
+                    chunked = stream.bytes_chunked
                     batch = await loop.run_in_executor(self._executor, stream.next_batch)
                     if not batch:
                         break
                     for message in batch:
                         yield message
-                    sent += sum(len(m) for m in batch)
+                    sent += stream.bytes_chunked - chunked  # tensor bytes, not message framing
                     if stream.done:
                         break
                 self.metrics.variables_streamed.inc()
                 self.metrics.elements_streamed.inc(item.prepared.plan.size)
                 self.metrics.generation_seconds.observe(time.perf_counter() - t0)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # CancelledError when the cancellation finds us awaiting generation; GeneratorExit when it
+            # finds gRPC awaiting a send (the generator is then closed at its yield).
             code = grpc.StatusCode.CANCELLED
             self.metrics.cancelled_streams.inc()
             raise
@@ -198,7 +203,7 @@ class WeightGenService:
                 extra={
                     "rpc": "Materialize",
                     "code": code.name,
-                    "peer": context.peer(),
+                    "peer": peer,
                     "variables": len(request.variables),
                     "bytes": sent,
                     "seconds": round(time.perf_counter() - started, 4),

@@ -68,6 +68,11 @@ class VariableStream:
     def done(self) -> bool:
         return self._done
 
+    @property
+    def bytes_chunked(self) -> int:
+        """Tensor bytes (data, not framing) put into chunks so far, resume excluded."""
+        return self._sent_to - self.resume_offset
+
     def _chunk(self, parts: list[memoryview], size: int, *, last: bool) -> bytes:
         message = wire.encode_chunk(
             self.index,
@@ -105,7 +110,8 @@ class VariableStream:
             while not out:
                 piece = next(self._pieces, None)
                 if piece is None:
-                    out.append(self._chunk(self._take(self._pending_size), self._pending_size, last=True))
+                    size = self._pending_size  # read before _take empties it
+                    out.append(self._chunk(self._take(size), size, last=True))
                     self._done = True
                     break
                 data = memoryview(np.ascontiguousarray(piece).reshape(-1).view(np.uint8))
