@@ -9,16 +9,20 @@ JAX tensors, or a safetensors file. Needs no JAX.
              Variable("fc.bias", (256,), "zeros")],
             seed=42,
         )
+
+For trainers (docs/trainers.md): `materialize_module` fills a PyTorch module built on the meta
+device, `materialize_tree` a JAX pytree of ShapeDtypeStruct (optionally sharded over devices), and
+`weightgen.client.sharding` fetches one rank's shards, with fans from the full shape.
 """
 
-from . import errors
+from . import errors, sharding
 from .assemble import Tensor
 from .client import DEFAULT_TARGET, Client, Session
 from .errors import DigestMismatchError, WeightgenError
 from .files import Manifest, read_manifest
-from .jax import to_jax
+from .jax import materialize_tree, to_jax
 from .specs import Variable, init
-from .torch import to_torch
+from .torch import materialize_module, to_torch
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -31,7 +35,10 @@ __all__ = [
     "WeightgenError",
     "errors",
     "init",
+    "materialize_module",
+    "materialize_tree",
     "read_manifest",
+    "sharding",
     "to_jax",
     "to_torch",
 ]

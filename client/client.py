@@ -37,8 +37,8 @@ from weightgen.v1 import wire
 
 from . import errors
 from .assemble import Assembler, MemorySink, Sink, Tensor
+from .balance import balance
 from .files import MANIFEST_KEY, Manifest, ManifestVariable, SafetensorsWriter
-from .sharding import balance
 from .specs import InitializerLike, VariableLike, dtype_value, enum_value, initializer, planned_bytes, variable_specs
 
 DEFAULT_TARGET = "localhost:50051"

@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import json_format
 
 from weightgen.client import Variable, init
-from weightgen.client.sharding import balance, shard_slice
+from weightgen.client.balance import balance
 from weightgen.client.specfile import SpecFileError, load_spec, parse_spec
 from weightgen.client.specs import dtype_value, initializer, parse_initializer, slice_ranges, variable_specs
 from weightgen.v1 import weightgen_pb2 as pb
@@ -173,12 +173,10 @@ def test_example_specs_are_current_and_real():
     assert math.isclose(names["h.3.attn.c_proj.weight"].initializer.random_normal.stddev, 0.02 / math.sqrt(24))
 
 
-def test_balance_and_shards():
+def test_balance():
     sizes = [100, 1, 50, 50, 2, 97]
     groups = balance(sizes, 3)
     assert sorted(i for g in groups for i in g) == list(range(6)) and all(g == sorted(g) for g in groups)
     assert max(sum(sizes[i] for i in g) for g in groups) == 100
     assert balance(sizes, 10) and len(balance(sizes, 10)) == 6 and balance([], 3) == []
     assert balance([5, 5], 1) == [[0, 1]]
-    shards = [shard_slice((10, 4), 0, r, 3) for r in range(3)]
-    assert shards == [[(0, 4), (0, 4)], [(4, 7), (0, 4)], [(7, 10), (0, 4)]]
