@@ -100,6 +100,11 @@ class WeightGenService:
             max_workers=max(4, min(128, config.max_concurrent_streams + 4)), thread_name_prefix="weightgen-stream"
         )
 
+    @property
+    def active(self) -> int:
+        """Materialize streams in progress."""
+        return self._active
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -463,8 +468,15 @@ class Server:
         self.metrics.ready.set(0)
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        log.info("draining", extra={"grace_seconds": self.config.grace_seconds if grace is None else grace})
-        await self.server.stop(self.config.grace_seconds if grace is None else grace)
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("draining", extra={"grace_seconds": grace, "active_streams": self.service.active})
+        # Keep answering while streams finish, so health checks read NOT_SERVING (and new streams get
+        # UNAVAILABLE from the service) instead of finding the port closed; then stop the server
+        # with what is left of the grace period for anything still running.
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.service.active and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.server.stop(max(0.0, deadline - asyncio.get_running_loop().time()))
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

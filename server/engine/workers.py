@@ -13,6 +13,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -21,10 +22,26 @@ from . import kernels, rng
 from .cache import BlockCache
 
 
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container's CPU limit), rounded up."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 def configure_host_devices(count: int | None = None) -> None:
-    """Ask XLA for `count` CPU devices (default: one per core). Must run before JAX initialises
-    its backends; has no effect afterwards."""
-    count = count or os.cpu_count() or 1
+    """Ask XLA for `count` CPU devices (default: one per available core). Must run before JAX
+    initialises its backends; has no effect afterwards."""
+    count = count or available_cores()
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
