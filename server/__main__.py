@@ -31,7 +31,7 @@ def _prepare_jax(config: configuration.Config) -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-async def _run(config: configuration.Config) -> None:
+async def _run(config: configuration.Config) -> int:
     from weightgen.server.service import Server
 
     server = Server(config)
@@ -40,6 +40,7 @@ async def _run(config: configuration.Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop()))
     await server.wait_stopped()
+    return server.exit_code
 
 
 def tune_malloc() -> bool:
@@ -59,8 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = configuration.load(sys.argv[1:] if argv is None else argv)
     logs.setup(config.log_level, config.log_format)
     _prepare_jax(config)
-    asyncio.run(_run(config))
-    return 0
+    return asyncio.run(_run(config))
 
 
 if __name__ == "__main__":

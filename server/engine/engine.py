@@ -11,20 +11,27 @@ flat whatever the tensor size. Closing the stream cancels what has not started.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import statistics
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 from . import dtypes, initializers, kernels, rng, sampling, structured
 from .dtypes import DTypeInfo, Kind
 from .initializers import Broadcast, Fill, Normal, Recipe, Structured, Uniform
 from .plan import Piece, Plan
-from .spec import MAX_NAME_BYTES, MAX_RANK, SpecError, VariableSpec
+from .spec import MAX_NAME_BYTES, MAX_RANK, Initializer, SpecError, VariableSpec
 from .workers import Job, WorkerPool
+
+SELF_CHECK_UNIFORM = "ea43004999aa1690e37764b825802126221fab27182bed7cfa21f4b09cfd3d20"
+SELF_CHECK_NORMAL = "c63b34b5ab36d99c77a02ae70f2d374535ab01079a638133c16920a0c98bae95"
+"""SHA-256 of 4096 float32 values of "weightgen/self-check", seed 1 (uniform [0, 1); normal std 1)."""
 
 MAX_ELEMENTS = rng.MAX_BLOCKS * rng.BLOCK_ELEMENTS
 """The contract's largest variable: block indices are 32-bit."""
@@ -103,8 +110,28 @@ class Engine:
         self.lookahead = lookahead or 2 * self.pool.width + 1
 
     def warm(self, precisions: tuple[str, ...] = ("float32", "float64")) -> int:
-        """Compile every block program on every device, so no request waits for XLA."""
-        return self.pool.warm(precisions)
+        """Compile every block program on every device, so no request waits for XLA, then check
+        that this process still computes the contract's values (`self_check`)."""
+        count = self.pool.warm(precisions)
+        self.self_check()
+        return count
+
+    def self_check(self) -> None:
+        """Raise RuntimeError when known tensors do not come out bit for bit as the contract says:
+        a JAX or XLA upgrade or an XLA flag (``--xla_cpu_enable_fast_math``) that changes values
+        must stop the server, not change every user's weights. Uniform values are exact on every
+        backend; normal values are checked on the CPU, where the golden digests were made."""
+        checks = [("random_uniform", {}, SELF_CHECK_UNIFORM)]
+        if self.pool.devices[0].platform == "cpu":
+            checks.append(("random_normal", {"stddev": 1.0}, SELF_CHECK_NORMAL))
+        for kind, params, expected in checks:
+            spec = VariableSpec("weightgen/self-check", (4096,), "float32", Initializer(kind, params))
+            got = hashlib.sha256(self.generate(spec, seed=1).tobytes()).hexdigest()
+            if got != expected:
+                raise RuntimeError(
+                    f"self-check failed: {kind} values differ from {rng.GENERATOR} (sha256 {got}, expected "
+                    f"{expected}); check XLA_FLAGS and the JAX version (docs/determinism.md)"
+                )
 
     def close(self) -> None:
         self.pool.close()
@@ -167,6 +194,13 @@ class Engine:
                 raise SpecError(
                     "initializer", f"parameters overflow the {precision} computation of {dtype.name} values"
                 )
+        # The final cast rounds; it must not turn large values into infinities (float16 tops at 65504).
+        largest = float(ml_dtypes.finfo(dtype.compute if dtype.kind is Kind.COMPLEX else dtype.numpy).max)
+        bound = _largest_magnitude(recipe, affine, precision)
+        if bound > largest:
+            raise SpecError(
+                "initializer", f"values up to {bound:.6g} in magnitude overflow {dtype.name} (largest {largest:.6g})"
+            )
         return affine
 
     # -- streaming ---------------------------------------------------------------------------
@@ -250,6 +284,17 @@ class Engine:
 
         spec = prepared.spec
         return structured.build(recipe.kind, recipe.params, prepared.plan.shape, dtype, spec.initializer.fan_axes, draw)
+
+
+def _largest_magnitude(recipe: Uniform | Normal, affine: sampling.Affine, precision: str) -> float:
+    """An upper bound on |value| the distribution can produce (per part for complex)."""
+    if isinstance(recipe, Uniform):
+        return max(abs(recipe.low), abs(recipe.high))
+    a = affine.coefficients
+    z = max(abs(a[2]), abs(a[3]))  # the truncation, if any
+    if math.isinf(z):  # the centred uniform stays 2^-(p+1) inside (0, 1): |z| <= Phi^-1(1 - 2^-(p+1))
+        z = statistics.NormalDist().inv_cdf(1 - 2.0 ** -(sampling.PRECISIONS[precision][2] + 1)) * 1.001
+    return abs(a[4]) + abs(a[5]) * z
 
 
 def _gather(piece: Piece, generated: list[tuple[int, np.ndarray]], block: int) -> np.ndarray:

@@ -12,9 +12,12 @@ Every distribution is one shape, evaluated in the compute precision:
     t = clip(t, a2, a3)             keeps rounding inside the documented interval
     x = a4 + a5 * t
 
-Uniform(lo, hi): a = (lo, hi - lo, lo, prev(hi), 0, 1). Normal(mean, std): a = (0, 1, -inf, inf,
-mean, std). Normal truncated to [l, h] standard deviations: (a0, a1) map (-1, 1) onto
+Uniform(lo, hi): a = (lo, hi - lo, lo, max(lo, prev(hi)), 0, 1). Normal(mean, std): a = (0, 1,
+-inf, inf, mean, std). Normal truncated to [l, h] standard deviations: (a0, a1) map (-1, 1) onto
 (erf(l/sqrt2), erf(h/sqrt2)) and (a2, a3) = (next(l), prev(h)), as jax.random.truncated_normal.
+
+XLA compiles each `a + b * x` as a fused multiply-add (one rounding) on CPU; the values of the
+contract are those, bit for bit, on one backend (docs/determinism.md says how far backends agree).
 """
 
 from __future__ import annotations

@@ -96,6 +96,10 @@ CASES = [
     ("constant -1 into uint8", spec("constant", (4, 8), "uint8", value=-1), "initializer.constant.value"),
     ("constant overflows float16", spec("constant", (4, 8), "float16", value=1e5), "initializer.constant.value"),
     ("imaginary part into float32", spec("constant", (4, 8), value=1.0, imag=2.0), "initializer.constant.imag"),
+    # a cast that would turn random values into infinities (float16 tops at 65504)
+    ("normal overflows float16", spec("random_normal", (4, 8), "float16", stddev=1e5), "initializer"),
+    ("uniform overflows float16", spec("random_uniform", (4, 8), "float16", min=0.0, max=7e4), "initializer"),
+    ("truncated overflows float16", spec("truncated_normal", (4, 8), "float16", stddev=4e4), "initializer"),
     (
         "broadcast into a longer axis",
         spec("broadcast", (4, 8), base=base_tensor(np.ones(4))),
@@ -130,6 +134,8 @@ def test_boundaries_that_are_valid(engine) -> None:
     engine.prepare(spec("constant", (4, 8), "complex64", value=1.0, imag=2.0), seed=1)
     engine.prepare(spec("random_normal", (4, 8), slice=((4, 4), (8, 8))), seed=1)  # empty, at the end
     engine.prepare(spec("random_normal", (4, 8)), seed=2**64 - 1)
+    engine.prepare(spec("random_normal", (4, 8), "float16", stddev=1e4), seed=1)  # |z| < 5.5: fits 65504
+    engine.prepare(spec("truncated_normal", (4, 8), "float16", stddev=3e4), seed=1)  # |z| <= 2
 
 
 def test_degenerate_parameters_give_constants(engine) -> None:
