@@ -1,0 +1,339 @@
+"""End-to-end fetch of 1 GiB of float32 into numpy, against in-process generation and the bare wire.
+
+    .venv/bin/python bench/e2e_fetch.py [--repeats 3] [--mib 1024]
+
+Four ways to get the same tensor (random_normal, float32, [16384, 16384] = 1 GiB) into a
+preallocated numpy buffer, each the best of `--repeats` runs, for chunk sizes 256 KiB, 1 MiB and
+the largest (4 MiB - 4 KiB, so a chunk with its framing fits gRPC's default 4 MiB message limit):
+
+- e2e: a weightgen server subprocess (``--devices auto``: one CPU device per core, warm, XLA
+  compilation cache in a temporary directory, block cache off so that every run generates) and
+  this process as the client on the fast path: a grpc channel's ``unary_stream(...,
+  response_deserializer=None)``, `wire.decode_chunk` on each message, its data copied into the
+  buffer at its offset. The digest is checked once per chunk size, after the timed runs, against
+  the stream's and the in-process engine's.
+- client: ``weightgen.client.Client(chunk_bytes=...).materialize(request)`` (its defaults: digest
+  verified), when that package is importable and works; skipped otherwise.
+- in-process: the same kernels without gRPC: a subprocess configured like the server
+  (``configure_host_devices()``, warm `Engine`) copying ``engine.stream(prepared)`` into a buffer.
+- raw wire: a bare grpc.aio server subprocess (identity serializers, no compression, glibc malloc
+  tuned as the server does) streaming ready-made bytes as TensorChunks of the same chunk size
+  (``wire.encode_chunk`` of one preallocated payload per chunk), received exactly like e2e: the
+  wire's own ceiling on this machine, with no generation at all.
+
+GB/s counts tensor bytes (1e9 per GB). Besides wall time, each fastest run's CPU seconds (user +
+system, every thread, from /proc/<pid>/stat and `time.process_time`) per GiB show where the time
+goes, which the wall time alone cannot on a machine shared with other work.
+Goal (issue): e2e >= 0.8x in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from weightgen.v1 import weightgen_pb2 as pb
+from weightgen.v1 import wire
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from serverproc import launch  # noqa: E402
+
+KiB, MiB = 1 << 10, 1 << 20
+CHUNKS = (256 * KiB, MiB, wire.MAX_CHUNK_BYTES)
+MATERIALIZE = "/weightgen.v1.WeightGen/Materialize"
+RAW = "/bench.Raw/Stream"
+GOAL = 0.8
+SEED = 1234
+
+
+def shape_for(mib: int) -> tuple[int, int]:
+    elements = mib * MiB // 4
+    return (elements // 16384, 16384) if elements >= 16384 else (1, elements)
+
+
+def request(shape: tuple[int, int], chunk_bytes: int) -> pb.MaterializeRequest:
+    variable = pb.VariableSpec(
+        name="bench/w", shape=shape, initializer=pb.Initializer(random_normal=pb.RandomNormal(stddev=1.0))
+    )
+    return pb.MaterializeRequest(seed=SEED, variables=[variable], chunk_bytes=chunk_bytes)
+
+
+def receive(call, buffer: memoryview) -> tuple[int, bytes]:
+    """Copies every chunk's data into `buffer` at its offset; returns (bytes received, digest)."""
+    received, digest = 0, b""
+    for raw in call:
+        chunk = wire.decode_chunk(raw)
+        n = len(chunk.data)
+        buffer[chunk.offset : chunk.offset + n] = chunk.data
+        received += n
+        if chunk.last:
+            digest = chunk.digest
+    return received, digest
+
+
+def best_of(repeats: int, run):
+    """The fastest of `repeats` runs; a run returns a tuple whose first item is its seconds."""
+    return min((run() for _ in range(repeats)), key=lambda r: r[0])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(server_pid: int, work) -> tuple[float, float, float]:
+    """(seconds, server CPU seconds, this process's CPU seconds) of `work()`."""
+    server0, client0, t = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+    work()
+    seconds = time.perf_counter() - t
+    return seconds, cpu_seconds(server_pid) - server0, time.process_time() - client0
+
+
+# -- the in-process engine (a subprocess, so its devices are the server's) ---------------------------
+
+
+def in_process(mib: int, repeats: int, cache_dir: str) -> None:
+    from weightgen.server.engine import Engine, Initializer, VariableSpec, configure_host_devices
+
+    configure_host_devices()
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    engine = Engine()
+    engine.warm(("float32",))
+    spec = VariableSpec("bench/w", shape_for(mib), "float32", Initializer("random_normal", {"stddev": 1.0}))
+    out = np.empty(mib * MiB // 4, np.float32)
+
+    def run() -> tuple[float, float]:
+        t, cpu = time.perf_counter(), time.process_time()
+        prepared = engine.prepare(spec, seed=SEED)
+        at = 0
+        for values in engine.stream(prepared):
+            out[at : at + values.size] = values
+            at += values.size
+        assert at == out.size
+        return time.perf_counter() - t, time.process_time() - cpu
+
+    seconds, cpu = best_of(repeats, run)
+    digest = hashlib.sha256(out.view(np.uint8)).hexdigest()
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "devices": len(engine.pool.devices), "digest": digest}))
+
+
+# -- the bare wire ----------------------------------------------------------------------------------
+
+
+def raw_server(port_file: str) -> None:
+    from weightgen.server.__main__ import tune_malloc
+
+    tune_malloc()
+    payload = np.random.default_rng(0).bytes(wire.MAX_CHUNK_BYTES)
+    info = pb.TensorInfo(name="raw", digest_algorithm="sha256").SerializeToString()
+
+    async def stream(request: bytes, context):
+        spec = json.loads(request)
+        total, size = spec["total"], spec["chunk_bytes"]
+        view = memoryview(payload)
+        for offset in range(0, total, size):
+            n = min(size, total - offset)
+            last = offset + n >= total
+            yield wire.encode_chunk(
+                0, offset, view[:n], info=info if offset == 0 else b"", last=last, digest=b"\0" * 32 if last else b""
+            )
+
+    async def main() -> None:
+        server = grpc.aio.server(
+            options=[("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
+            compression=grpc.Compression.NoCompression,
+        )
+        handler = grpc.unary_stream_rpc_method_handler(stream, request_deserializer=None, response_serializer=None)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Raw", {"Stream": handler}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        Path(port_file).write_text(str(port))
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def start_raw(workdir: Path) -> tuple[subprocess.Popen, int]:
+    port_file = workdir / "raw-port"
+    proc = subprocess.Popen([sys.executable, __file__, "--raw-server", str(port_file)])
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("the raw grpc server did not start")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text())
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+
+def label(chunk_bytes: int) -> str:
+    return f"{chunk_bytes // KiB} KiB" if chunk_bytes % MiB else f"{chunk_bytes // MiB} MiB"
+
+
+def gbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e9
+
+
+def try_client(address: str, shape, chunk_bytes: int, repeats: int, nbytes: int) -> tuple[float | None, str]:
+    try:
+        from weightgen.client import Client
+    except Exception as error:  # being written concurrently: optional
+        return None, f"weightgen.client unavailable ({type(error).__name__}: {error})"
+    try:
+        with Client(address, chunk_bytes=chunk_bytes, timeout=600) as client:
+
+            def run() -> tuple[float]:
+                t = time.perf_counter()
+                arrays = client.materialize(request(shape, chunk_bytes))
+                seconds = time.perf_counter() - t
+                (array,) = arrays.values()
+                assert array.nbytes == nbytes
+                return (seconds,)
+
+            return best_of(repeats, run)[0], "Client.materialize (digest verified)"
+    except Exception as error:
+        return None, f"Client.materialize failed: {type(error).__name__}: {error}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mib", type=int, default=1024, help="tensor size in MiB (float32)")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--raw-server", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.in_process:
+        return in_process(args.mib, args.repeats, args.cache_dir)
+    if args.raw_server:
+        return raw_server(args.raw_server)
+
+    nbytes = args.mib * MiB
+    shape = shape_for(args.mib)
+    workdir = Path(tempfile.mkdtemp(prefix="weightgen-e2e-"))
+    cache = workdir / "xla-cache"
+    # --cache-bytes 0: every run generates (the block cache serves herds of identical requests, not this).
+    server = launch(
+        workdir / "server", "--devices", "auto", "--warm-precisions", "float32", "--cache-bytes", "0", cache_dir=cache
+    )
+    raw_proc, raw_port = start_raw(workdir)
+    rows, notes = [], []
+    buffer = np.empty(nbytes, np.uint8)
+    view = memoryview(buffer)
+    try:
+        engine_run = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--in-process",
+                "--mib",
+                str(args.mib),
+                "--repeats",
+                str(args.repeats),
+                "--cache-dir",
+                str(cache),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+        )
+        engine = json.loads(engine_run.stdout.strip().splitlines()[-1])
+        print(f"in-process engine ({engine['devices']} devices): {gbps(nbytes, engine['seconds']):.3f} GB/s")
+        with grpc.insecure_channel(server.address) as channel, grpc.insecure_channel(f"127.0.0.1:{raw_port}") as raw:
+            materialize = channel.unary_stream(
+                MATERIALIZE, request_serializer=pb.MaterializeRequest.SerializeToString, response_deserializer=None
+            )
+            stream = raw.unary_stream(RAW, request_serializer=None, response_deserializer=None)
+            for chunk_bytes in CHUNKS:
+                message = request(shape, chunk_bytes)
+
+                def e2e(message=message) -> None:
+                    got, digest = receive(materialize(message, timeout=600), view)
+                    assert got == nbytes, got
+                    e2e.digest = digest
+
+                def bare(chunk_bytes=chunk_bytes) -> None:
+                    got, _ = receive(stream(json.dumps({"total": nbytes, "chunk_bytes": chunk_bytes}).encode()), view)
+                    assert got == nbytes
+
+                fetched = best_of(args.repeats, lambda e2e=e2e: timed(server.proc.pid, e2e))
+                received = hashlib.sha256(buffer).digest()
+                assert received == e2e.digest, "digest mismatch"
+                assert received.hex() == engine["digest"], "the server's bytes differ from the in-process engine's"
+                wire_seconds = best_of(args.repeats, lambda bare=bare: timed(raw_proc.pid, bare))
+                client_seconds, note = try_client(server.address, shape, chunk_bytes, args.repeats, nbytes)
+                if note not in notes:
+                    notes.append(note)
+                rows.append((chunk_bytes, fetched, client_seconds, wire_seconds))
+                line = f"chunk {chunk_bytes:>8}: e2e {gbps(nbytes, fetched[0]):.3f} GB/s"
+                line += f", wire {gbps(nbytes, wire_seconds[0]):.3f}"
+                if client_seconds:
+                    line += f", client {gbps(nbytes, client_seconds):.3f}"
+                print(line, flush=True)
+    finally:
+        raw_proc.terminate()
+        raw_proc.wait(30)
+        code = server.stop()
+        if code != 0:
+            print(server.log()[-4000:], file=sys.stderr)
+
+    in_gbps = gbps(nbytes, engine["seconds"])
+    print()
+    print(f"Command: .venv/bin/python bench/e2e_fetch.py --repeats {args.repeats} --mib {args.mib}")
+    print(
+        f"Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.python_version()}; server and in-process engine: {engine['devices']} CPU devices; "
+        f"1-minute load average at the end {os.getloadavg()[0]:.1f} (the machine is shared)"
+    )
+    print(f"Tensor: random_normal float32 {list(shape)} ({nbytes / 1e9:.3f} GB); best of {args.repeats}")
+    print(f"In-process engine: {engine['seconds']:.3f} s, {in_gbps:.3f} GB/s")
+    print()
+    print("| chunk | e2e GB/s | e2e / in-process | Client GB/s | raw wire GB/s | e2e / wire |")
+    print("|---|---|---|---|---|---|")
+    for chunk_bytes, fetched, client_seconds, wire_seconds in rows:
+        e, w = gbps(nbytes, fetched[0]), gbps(nbytes, wire_seconds[0])
+        c = f"{gbps(nbytes, client_seconds):.3f}" if client_seconds else "n/a"
+        print(f"| {label(chunk_bytes)} | {e:.3f} | {e / in_gbps:.2f}x | {c} | {w:.3f} | {e / w:.2f}x |")
+    gib = nbytes / 2**30
+    print()
+    print(f"CPU seconds per GiB (all threads; the machine has {os.cpu_count()} cores), of the fastest run:")
+    print()
+    print("| chunk | in-process engine | e2e server | e2e client | e2e total | raw wire server | raw wire client |")
+    print("|---|---|---|---|---|---|---|")
+    for chunk_bytes, fetched, _, wire_seconds in rows:
+        _, server_cpu, client_cpu = fetched
+        print(
+            f"| {label(chunk_bytes)} | {engine['cpu'] / gib:.2f} | {server_cpu / gib:.2f} | {client_cpu / gib:.2f} "
+            f"| {(server_cpu + client_cpu) / gib:.2f} | {wire_seconds[1] / gib:.2f} | {wire_seconds[2] / gib:.2f} |"
+        )
+    best = max(gbps(nbytes, r[1][0]) for r in rows) / in_gbps
+    print()
+    print(f"Goal e2e >= {GOAL}x in-process: best {best:.2f}x, {'met' if best >= GOAL else 'NOT met'}")
+    for note in notes:
+        print(f"Client: {note}")
+
+
+if __name__ == "__main__":
+    main()
