@@ -62,5 +62,20 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/engine_throughput.py
 
+# Load and soak (bench/README.md "Soak", "Property test"): SOAK_CLIENTS clients with random valid and
+# invalid requests for SOAK_MINUTES against one server, then the random-request property test with
+# PROPERTY_EXAMPLES examples against a live server. Not in `make test`: about 8 minutes.
+SOAK_CLIENTS      ?= 32
+SOAK_MINUTES      ?= 5
+PROPERTY_EXAMPLES ?= 2000
+.PHONY: soak herd
+soak: $(STAMP)
+	$(PY) bench/soak.py --clients $(SOAK_CLIENTS) --minutes $(SOAK_MINUTES)
+	WEIGHTGEN_PROPERTY_EXAMPLES=$(PROPERTY_EXAMPLES) $(PY) -m pytest -q tests/security/test_property.py --hypothesis-show-statistics
+
+# 16 concurrent identical 1 GiB fetches against one (bench/README.md "Herds").
+herd: $(STAMP)
+	$(PY) bench/herd.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+from google.protobuf import message as protobuf_message
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -26,7 +27,13 @@ from weightgen.server import engine as eng
 from weightgen.server.config import Config
 from weightgen.server.metrics import Metrics
 from weightgen.server.sessions import SessionNotFoundError, SessionStore, TooManySessionsError
-from weightgen.server.validate import RequestError, dtype_from_proto, initializer_from_proto, validate_request
+from weightgen.server.validate import (
+    RequestError,
+    dtype_from_proto,
+    initializer_from_proto,
+    reject_unknown_fields,
+    validate_request,
+)
 from weightgen.server.wire import VariableStream
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
@@ -42,8 +49,9 @@ the overall "" and "weightgen.v1.WeightGen" names are SERVING only when warm and
 class _Auth(grpc.aio.ServerInterceptor):
     """Bearer-token authentication on every RPC except health checks."""
 
-    def __init__(self, tokens: list[bytes]):
+    def __init__(self, tokens: list[bytes], denied=None):
         self._tokens = tokens
+        self._denied = denied  # called with the method's full name for every refused call (metrics)
 
     def _ok(self, metadata) -> bool:
         for key, value in metadata or ():
@@ -61,6 +69,8 @@ class _Auth(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
 
         async def deny(request, context):
+            if self._denied is not None:
+                self._denied(details.method)
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (authorization metadata)"
             )
@@ -85,6 +95,25 @@ def load_tokens(path: str) -> list[bytes]:
     if not tokens:
         raise SystemExit(f"weightgen: {path} holds no tokens")
     return tokens
+
+
+class Malformed:
+    """What the request deserializer gives for bytes that are not the RPC's request message (corrupt
+    wire format, invalid UTF-8 in a string): the handler answers INVALID_ARGUMENT, as for any other
+    malformed request, instead of gRPC's UNKNOWN for a deserializer that raised."""
+
+    def __init__(self, message_type, error: Exception):
+        self.message = f"request: not a valid {message_type.DESCRIPTOR.full_name}: {error}"
+
+
+def _parse(message_type):
+    def parse(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except protobuf_message.DecodeError as error:
+            return Malformed(message_type, error)
+
+    return parse
 
 
 class WeightGenService:
@@ -115,6 +144,21 @@ class WeightGenService:
             self.metrics.errors.labels(method, name).inc()
         self.metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
 
+    async def _refuse_malformed(self, request, context, method: str, started: float, fields: bool = False) -> None:
+        """Refuse bytes that are not the request message; with `fields`, also a request carrying
+        fields this server does not know (from a newer client)."""
+        if isinstance(request, Malformed):
+            await self._refuse(
+                context, method, started, RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            )
+        if fields:
+            try:
+                reject_unknown_fields(request, "request")
+            except eng.SpecError as e:
+                await self._refuse(
+                    context, method, started, RequestError(grpc.StatusCode.INVALID_ARGUMENT, e.describe())
+                )
+
     async def _refuse(self, context, method: str, started: float, error: RequestError):
         self._finish(method, error.code, started)
         if error.limit:
@@ -139,6 +183,7 @@ class WeightGenService:
                 started,
                 RequestError(grpc.StatusCode.UNAVAILABLE, f"{why}; retry on another replica or later"),
             )
+        await self._refuse_malformed(request, context, "Materialize", started)
         if self._active >= self.config.max_concurrent_streams:
             await self._refuse(
                 context,
@@ -147,7 +192,7 @@ class WeightGenService:
                 RequestError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{self._active} streams are in progress, the server's limit is "
-                    f"{self.config.max_concurrent_streams}",
+                    f"{self.config.max_concurrent_streams} (--max-concurrent-streams)",
                     "concurrent_streams",
                 ),
             )
@@ -219,10 +264,14 @@ class WeightGenService:
 
     async def OpenSession(self, request: pb.OpenSessionRequest, context):  # noqa: N802
         started = time.perf_counter()
+        await self._refuse_malformed(request, context, "OpenSession", started, fields=True)
         try:
             init = initializer_from_proto(request.default_initializer, "default_initializer")
             if init is not None:
-                eng.initializers.parameters(init)
+                try:
+                    eng.initializers.parameters(init)
+                except eng.SpecError as e:  # the engine names the field of a variable's initializer
+                    raise eng.SpecError("default_" + e.field, e.message) from None
             dtype = dtype_from_proto(request.default_dtype, "float32", "default_dtype")
         except eng.SpecError as e:
             await self._refuse(
@@ -257,7 +306,10 @@ class WeightGenService:
             )
         except TooManySessionsError as e:
             await self._refuse(
-                context, "OpenSession", started, RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "sessions")
+                context,
+                "OpenSession",
+                started,
+                RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{e} (--max-sessions)", "sessions"),
             )
         self.metrics.open_sessions.set(len(self.sessions))
         self._finish("OpenSession", grpc.StatusCode.OK, started)
@@ -275,6 +327,7 @@ class WeightGenService:
 
     async def CloseSession(self, request: pb.CloseSessionRequest, context):  # noqa: N802
         started = time.perf_counter()
+        await self._refuse_malformed(request, context, "CloseSession", started, fields=True)
         try:
             session = self.sessions.close(request.session_id)
         except SessionNotFoundError:
@@ -301,6 +354,7 @@ class WeightGenService:
 
     async def ListInitializers(self, request, context):  # noqa: N802
         started = time.perf_counter()
+        await self._refuse_malformed(request, context, "ListInitializers", started)
         response = list_initializers()
         self._finish("ListInitializers", grpc.StatusCode.OK, started)
         return response
@@ -352,17 +406,17 @@ def _handlers(service: WeightGenService) -> grpc.GenericRpcHandler:
         {
             # The identity response serializer: Materialize yields already serialized TensorChunks.
             "Materialize": grpc.unary_stream_rpc_method_handler(
-                service.Materialize, request_deserializer=pb.MaterializeRequest.FromString, response_serializer=None
+                service.Materialize, request_deserializer=_parse(pb.MaterializeRequest), response_serializer=None
             ),
             "OpenSession": grpc.unary_unary_rpc_method_handler(
-                service.OpenSession, pb.OpenSessionRequest.FromString, pb.Session.SerializeToString
+                service.OpenSession, _parse(pb.OpenSessionRequest), pb.Session.SerializeToString
             ),
             "CloseSession": grpc.unary_unary_rpc_method_handler(
-                service.CloseSession, pb.CloseSessionRequest.FromString, pb.CloseSessionResponse.SerializeToString
+                service.CloseSession, _parse(pb.CloseSessionRequest), pb.CloseSessionResponse.SerializeToString
             ),
             "ListInitializers": grpc.unary_unary_rpc_method_handler(
                 service.ListInitializers,
-                pb.ListInitializersRequest.FromString,
+                _parse(pb.ListInitializersRequest),
                 pb.ListInitializersResponse.SerializeToString,
             ),
         },
@@ -379,6 +433,7 @@ class Server:
         self.port = 0
         self.metrics_port = 0
         self.health = health.aio.HealthServicer()
+        self.exit_code = 0
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
 
@@ -396,7 +451,7 @@ class Server:
             )
         self.service = WeightGenService(c, self._engine, self.metrics, SessionStore(c.max_sessions))
         self.metrics.watch_pool(self._engine.pool)
-        interceptors = [_Auth(load_tokens(c.auth_token_file))] if c.auth_token_file else []
+        interceptors = [_Auth(load_tokens(c.auth_token_file), self._denied)] if c.auth_token_file else []
         options = [
             ("grpc.max_receive_message_length", c.max_request_bytes),
             ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
@@ -443,10 +498,23 @@ class Server:
         self._tasks.append(asyncio.create_task(self._warm()))
         self._tasks.append(asyncio.create_task(self.service.expire_sessions()))
 
+    def _denied(self, method: str) -> None:
+        """Count a call refused for its token, like any other RPC that ended in an error."""
+        name = method.rsplit("/", 1)[-1]
+        self.metrics.requests.labels(name, "UNAUTHENTICATED").inc()
+        self.metrics.errors.labels(name, "UNAUTHENTICATED").inc()
+
     async def _warm(self) -> None:
         t = time.perf_counter()
         loop = asyncio.get_running_loop()
-        count = await loop.run_in_executor(None, self._engine.warm, self.config.warm_list())
+        try:
+            count = await loop.run_in_executor(None, self._engine.warm, self.config.warm_list())
+        except Exception:
+            # Serving wrong values, or never becoming ready, is worse than exiting where it shows.
+            log.critical("warm-up failed; stopping", exc_info=True)
+            self.exit_code = 1
+            asyncio.get_running_loop().create_task(self.stop(grace=0))
+            return
         if self.service.draining:
             return
         self.service.ready = True

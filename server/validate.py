@@ -27,6 +27,14 @@ class RequestError(Exception):
         self.limit = limit  # the configured limit that refused it, for metrics
 
 
+class _Limit(eng.LimitError):
+    """A configured limit of the service, with the name its rejections are counted under."""
+
+    def __init__(self, limit: str, field: str, message: str):
+        super().__init__(field, message)
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class Work:
     """One validated variable: what to generate and where to start sending."""
@@ -41,6 +49,11 @@ def _unknown(message, path: str) -> None:
     if len(fields):
         numbers = sorted({f.field_number for f in fields})
         raise eng.SpecError(path, f"unknown field number(s) {numbers} (is the client newer than the server?)")
+
+
+def reject_unknown_fields(message, path: str) -> None:
+    """SpecError when `message` itself carries fields this server does not know."""
+    _unknown(message, path)
 
 
 def _enum_choice(field, value: int, path: str) -> str | None:
@@ -110,7 +123,7 @@ def validate_request(
         raise RequestError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"variables: {len(request.variables)} variables exceed the server's limit of "
-            f"{config.max_variables_per_request} per request",
+            f"{config.max_variables_per_request} per request (--max-variables-per-request)",
             "variables_per_request",
         )
     if request.chunk_bytes > wire.MAX_CHUNK_BYTES:
@@ -143,9 +156,11 @@ def validate_request(
             shape = tuple(variable.shape)
             elements = eng.check_shape(shape)
             if elements > config.max_elements_per_variable:
-                raise eng.LimitError(
+                raise _Limit(
+                    "elements_per_variable",
                     "shape",
-                    f"{elements} elements exceed the server's limit of {config.max_elements_per_variable} per variable",
+                    f"{elements} elements exceed the server's limit of {config.max_elements_per_variable} per variable "
+                    "(--max-elements-per-variable)",
                 )
             dtype = dtype_from_proto(variable.dtype, default_dtype)
             init = initializer_from_proto(variable.initializer)
@@ -169,7 +184,9 @@ def validate_request(
                     "resume_offset", f"{variable.resume_offset} is outside [0, {prepared.info.byte_size}]"
                 )
         except eng.LimitError as e:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, e.at(index, name).describe(), e.field) from None
+            # The engine's own limit is that of whole-tensor (structured) initializers.
+            limit = e.limit if isinstance(e, _Limit) else "structured_elements"
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, e.at(index, name).describe(), limit) from None
         except eng.SpecError as e:
             raise RequestError(bad, e.at(index, name).describe()) from None
         if placeholder is not None:
@@ -186,7 +203,7 @@ def validate_request(
         raise RequestError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"variables: the batch delivers {total_bytes} bytes, more than the server's limit of "
-            f"{config.max_bytes_per_request} per request",
+            f"{config.max_bytes_per_request} per request (--max-bytes-per-request)",
             "bytes_per_request",
         )
     if sequential:

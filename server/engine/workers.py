@@ -107,13 +107,16 @@ class WorkerPool:
         return out
 
     def submit(self, job: Job) -> Future[np.ndarray]:
-        if self.cache is not None:
-            cached = self.cache.get(job)
-            if cached is not None:
-                done: Future[np.ndarray] = Future()
-                done.set_result(cached)
-                return done
+        # The cache is read under the in-flight lock, and a finished job enters the cache before it
+        # leaves the in-flight table (`_finished`), so a job is always found in one or the other:
+        # identical submissions never generate twice while the result is cached.
         with self._inflight_lock:
+            if self.cache is not None:
+                cached = self.cache.get(job)
+                if cached is not None:
+                    done: Future[np.ndarray] = Future()
+                    done.set_result(cached)
+                    return done
             entry = self._inflight.get(job)
             if entry is not None:
                 entry[1][0] += 1
@@ -126,11 +129,11 @@ class WorkerPool:
 
     def _finished(self, job: Job, future: Future[np.ndarray]) -> None:
         with self._inflight_lock:
+            if self.cache is not None and not future.cancelled() and future.exception() is None:
+                self.cache.put(job, future.result())
             entry = self._inflight.get(job)
             if entry is not None and entry[0] is future:
                 del self._inflight[job]
-        if self.cache is not None and not future.cancelled() and future.exception() is None:
-            self.cache.put(job, future.result())
 
     def release(self, job: Job, future: Future[np.ndarray]) -> None:
         """The caller no longer needs `future`: cancel it unless another caller still waits."""

@@ -159,14 +159,14 @@ EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_elements_per_variable_limit(limited_server, limited_stub):
-    before = metric(limited_server, "weightgen_limit_rejections_total", limit="shape")
+    before = metric(limited_server, "weightgen_limit_rejections_total", limit="elements_per_variable")
     ok = var("ok", [1000], init(zeros={}), dtype=pb.DTYPE_INT8)
     request = pb.MaterializeRequest(seed=1, variables=[ok, var("big", [1001], init(zeros={}), dtype=pb.DTYPE_INT8)])
     error = first_response_error(limited_stub, request)
     assert error.code() == EXHAUSTED, error
     assert error.details().startswith("variables[1] ('big'): shape: "), error.details()
     assert "1000" in error.details()
-    assert metric(limited_server, "weightgen_limit_rejections_total", limit="shape") == before + 1
+    assert metric(limited_server, "weightgen_limit_rejections_total", limit="elements_per_variable") == before + 1
     assert_serves(limited_stub)
 
 

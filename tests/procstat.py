@@ -1,0 +1,22 @@
+"""A process's resident memory and thread count, from /proc (Linux), for the tests that check that
+the server returns to its baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+def rss(pid: int) -> int:
+    """Resident set size in bytes."""
+    return _status(pid, "VmRSS") << 10
+
+
+def threads(pid: int) -> int:
+    return _status(pid, "Threads")
