@@ -216,9 +216,15 @@ def main() -> None:
                     "identical": same and tied,
                 }
                 args.digest_out.write_text(json.dumps(summary))
-            if not (same and tied):
-                raise SystemExit("the assembled model differs from a single-process fetch")
+            ok = same and tied
+        else:
+            ok = True
+        # Every rank waits for rank 0's check before tearing gloo down: a rank that leaves while a
+        # peer still holds the group open can abort the peer's process at exit.
+        dist.barrier()
     dist.destroy_process_group()
+    if not ok:
+        raise SystemExit("the assembled model differs from a single-process fetch")
 
 
 if __name__ == "__main__":
