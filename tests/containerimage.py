@@ -25,7 +25,11 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINERS_CONF = REPO / "deploy" / "podman" / "containers.conf"
@@ -208,3 +212,30 @@ def free_port() -> int:
     with contextlib.closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@dataclass
+class Running:
+    """A container of ours, its gRPC and metrics ports published on loopback."""
+
+    name: str
+    port: int
+    metrics_port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        proc = podman("logs", self.name, check=False)
+        return proc.stdout + proc.stderr
+
+    def state(self) -> dict:
+        return inspect(self.name, "container")["State"]
+
+    def health(self, service: str = "") -> str:
+        """The health service's answer for `service`, by name (SERVING, NOT_SERVING, ...)."""
+        with grpc.insecure_channel(self.address) as channel:
+            request = health_pb2.HealthCheckRequest(service=service)
+            response = health_pb2_grpc.HealthStub(channel).Check(request, timeout=3)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

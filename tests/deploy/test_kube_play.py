@@ -30,7 +30,6 @@ import pytest
 import yaml
 from deployrender import DEPLOY, documents, render, rendered
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import weightgen_pb2_grpc
@@ -99,27 +98,12 @@ def play_overlay(image: str, port: int, metrics_port: int) -> str:
     return text
 
 
-def health(address: str, service: str) -> str:
-    with grpc.insecure_channel(address) as channel:
-        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
-
 @dataclass
-class Played:
-    deployment: dict
-    pod: str
-    container: str
-    port: int
-    metrics_port: int
+class Played(ci.Running):
+    """The rendered CPU Deployment's pod, run by podman kube play; `name` is its container."""
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def logs(self) -> str:
-        proc = ci.podman("logs", self.container, check=False)
-        return proc.stdout + proc.stderr
+    deployment: dict | None = None
+    pod: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -135,14 +119,14 @@ def played(image) -> Iterator[Played]:
     try:
         assert len(pods) == len(containers) == 1, f"expected one pod of one container:\n{proc.stdout}{proc.stderr}"
         deployment = next(d for d in documents(text) if d["kind"] == "Deployment")
-        yield Played(deployment, pods[0], containers[0], port, metrics_port)
+        yield Played(containers[0], port, metrics_port, deployment=deployment, pod=pods[0])
     finally:
         ci.podman("kube", "down", str(path), timeout=120, check=False)
 
 
 def test_pod_runs_as_the_manifest_says_and_serves(played):
     print("podman ignores gRPC probes: readiness and liveness are checked from the host instead")
-    inspected = ci.inspect(played.container, "container")
+    inspected = ci.inspect(played.name, "container")
     manifest = played.deployment["spec"]["template"]["spec"]
     assert inspected["HostConfig"]["ReadonlyRootfs"] is True
     assert inspected["Config"]["User"].split(":")[0] == str(manifest["securityContext"]["runAsUser"])
@@ -154,16 +138,16 @@ def test_pod_runs_as_the_manifest_says_and_serves(played):
     started = time.monotonic()
     while True:
         try:
-            if health(played.address, "weightgen.v1.WeightGen") == "SERVING":
+            if played.health("weightgen.v1.WeightGen") == "SERVING":
                 break
         except grpc.RpcError:
             pass
-        state = ci.inspect(played.container, "container")["State"]
+        state = played.state()
         assert state["Running"], f"exited with {state['ExitCode']}:\n{played.logs()[-6000:]}"
         assert time.monotonic() - started < READY_TIMEOUT, f"not ready:\n{played.logs()[-6000:]}"
         time.sleep(0.5)
     print(f"ready after {time.monotonic() - started:.1f} s")
-    assert health(played.address, "weightgen.liveness") == "SERVING"
+    assert played.health("weightgen.liveness") == "SERVING"
 
     # The service answers a Materialize through the hostPort, and /metrics through the other.
     request = pb.MaterializeRequest(
@@ -232,8 +216,8 @@ def test_trainer_init_container_fetches_from_the_pod(played, image, tmp_path):
 
 def test_sigterm_drains_and_exits_zero(played):
     """SIGTERM (podman stop, within the pod's grace period): drained and exited 0."""
-    ci.podman("stop", "--time", str(STOP_TIMEOUT), played.container, timeout=STOP_TIMEOUT + 30)
-    state = ci.inspect(played.container, "container")["State"]
+    ci.podman("stop", "--time", str(STOP_TIMEOUT), played.name, timeout=STOP_TIMEOUT + 30)
+    state = played.state()
     text = played.logs()
     assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}:\n{text[-6000:]}"
     messages = [json.loads(line).get("msg") for line in text.splitlines() if line.startswith("{")]

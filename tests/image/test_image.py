@@ -13,12 +13,10 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import containerimage as ci
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import weightgen_pb2_grpc
@@ -36,29 +34,8 @@ def image() -> str:
     return ci.ensure_image()
 
 
-@dataclass
-class Container:
-    name: str
-    port: int
-    metrics_port: int
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def logs(self) -> str:
-        proc = ci.podman("logs", self.name, check=False)
-        return proc.stdout + proc.stderr
-
-    def state(self) -> dict:
-        return ci.inspect(self.name, "container")["State"]
-
-    def health(self, service: str = "") -> str:
-        with grpc.insecure_channel(self.address) as channel:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=3
-            )
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+class Container(ci.Running):
+    """The image under test, run read-only on loopback ports."""
 
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
