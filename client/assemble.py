@@ -133,6 +133,7 @@ class Assembler:
         self._verify = verify
         self._on_bytes = on_bytes
         self.received = 0
+        self._positions: dict[int, int] = {}  # sequential sessions: variable -> position (-1: none)
 
     @property
     def complete(self) -> bool:
@@ -145,6 +146,11 @@ class Assembler:
 
     def info(self, index: int) -> pb.TensorInfo | None:
         return self._states[index].info
+
+    def note_positions(self, positions: dict[int, int]) -> None:
+        """Record the session positions the server reported for the batch's variables (by index)."""
+        for index, position in positions.items():
+            self._positions.setdefault(index, position)
 
     def feed(self, index: int, chunk: wire.Chunk) -> Tensor | None:
         if not 0 <= index < len(self._states):
@@ -198,9 +204,10 @@ class Assembler:
         """The request that fetches what is missing, and the indexes (into `specs`) of its variables.
 
         Each started variable resumes at its contiguous prefix, at the sequence position the server
-        reported (sequential sessions). A request with seed 0 resumes with the seed the server
-        picked. A sequential session's variable that never started cannot resume (its position is
-        unknown) unless nothing at all arrived (the request was refused before it started)."""
+        reported (sequential sessions: in its info, or for a variable that never started, in the
+        stream's first chunk). A request with seed 0 resumes with the seed the server picked. A
+        sequential session's variable whose position is unknown cannot resume unless nothing at all
+        arrived (the request was refused before it started)."""
         request = pb.MaterializeRequest(
             session_id=original.session_id, seed=original.seed, chunk_bytes=original.chunk_bytes
         )
@@ -216,6 +223,9 @@ class Assembler:
                 spec.resume_offset = state.received
                 if state.info.HasField("sequence_index"):
                     spec.sequence_index = state.info.sequence_index
+            elif i in self._positions:
+                if self._positions[i] >= 0:
+                    spec.sequence_index = self._positions[i]
             elif sequential and not spec.seed and not nothing_arrived:
                 raise ResumeError(
                     None,

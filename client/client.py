@@ -454,6 +454,10 @@ class Client:
                         raise errors.ProtocolError(
                             None, f"chunk for variable index {chunk.variable_index}, the request has {len(positions)}"
                         )
+                    if chunk.sequence_indexes:
+                        assembler.note_positions(
+                            {positions[i]: p for i, p in enumerate(chunk.sequence_indexes) if i < len(positions)}
+                        )
                     index = positions[chunk.variable_index]
                     tensor = assembler.feed(index, chunk)
                     if tensor is not None:

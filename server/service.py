@@ -203,7 +203,7 @@ class WeightGenService:
         streams: list[VariableStream] = []
         try:
             try:
-                work, _ = await loop.run_in_executor(
+                work, session = await loop.run_in_executor(
                     self._executor, validate_request, request, self.engine, self.sessions, self.config
                 )
             except RequestError as error:
@@ -211,7 +211,13 @@ class WeightGenService:
                 await self._refuse(context, "Materialize", started, error)
             chunk_bytes = request.chunk_bytes or wire.DEFAULT_CHUNK_BYTES
             for item in work:
-                stream = VariableStream(item.index, item.prepared, self.engine, chunk_bytes, item.resume_offset)
+                # The first chunk of a sequential session's stream tells every variable's position.
+                positions = ()
+                if session is not None and session.sequential and not streams:
+                    positions = tuple(w.prepared.info.sequence_index for w in work)
+                stream = VariableStream(
+                    item.index, item.prepared, self.engine, chunk_bytes, item.resume_offset, positions
+                )
                 streams.append(stream)
                 t0 = time.perf_counter()
                 while True:

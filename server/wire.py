@@ -45,7 +45,13 @@ class VariableStream:
     worker thread). `close` may come from any thread; it cancels generation not yet started."""
 
     def __init__(
-        self, index: int, prepared: eng.Prepared, engine: eng.Engine, chunk_bytes: int, resume_offset: int = 0
+        self,
+        index: int,
+        prepared: eng.Prepared,
+        engine: eng.Engine,
+        chunk_bytes: int,
+        resume_offset: int = 0,
+        sequence_indexes: tuple[int, ...] = (),
     ):
         self.index = index
         self.prepared = prepared
@@ -60,6 +66,7 @@ class VariableStream:
         self._position = 0  # bytes generated so far
         self._sent_to = resume_offset  # offset of the next byte to send
         self._first = True
+        self._sequence_indexes = sequence_indexes  # the batch's positions, on this stream's first chunk
         self._done = False
         self._lock = threading.Lock()
         self.elements_sent = 0
@@ -81,6 +88,7 @@ class VariableStream:
             info=self._info if self._first else b"",
             last=last,
             digest=self._digest.digest() if last else b"",
+            sequence_indexes=self._sequence_indexes if self._first else (),
         )
         self._first = False
         self._sent_to += size

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from client_helpers import BreakingProxy, same_bytes
 
@@ -83,10 +85,27 @@ def test_resume_in_a_sequential_session(server):
     assert all(same_bytes(resumed[k], reference[k]) for k in reference)
 
 
-def test_sequential_variable_that_never_started_cannot_resume(server):
+def test_sequential_variable_that_never_started_resumes_at_its_position(server):
+    with Client(server.address, chunk_bytes=CHUNK) as client:
+        with client.open_session(seed=5, rng_mode="sequential") as session:
+            reference = session.materialize(VARIABLES)
+        client.backoff = 0.01
+        client._fault = Recorder(cut_at=2)  # inside "second": "third" has not started yet
+        with client.open_session(seed=5, rng_mode="sequential") as session:
+            resumed = session.materialize(VARIABLES)
+            assert session.close() == 3  # positions from the stream's first chunk, none taken anew
+    assert all(same_bytes(resumed[k], reference[k]) for k in reference)
+
+
+def test_sequential_position_unknown_cannot_resume(server):
+    def cut_and_forget_positions(attempt, chunk):
+        if attempt == 0 and chunk.offset > 0:
+            return None  # cut after the first chunk
+        return dataclasses.replace(chunk, sequence_indexes=())  # as from a server that does not say
+
     with Client(server.address, chunk_bytes=CHUNK) as client:
         client.backoff = 0.01
-        client._fault = Recorder(cut_at=2)  # inside "second": "third" has no position yet
+        client._fault = cut_and_forget_positions
         with client.open_session(seed=5, rng_mode="sequential") as session, pytest.raises(errors.ResumeError) as caught:
             session.materialize(VARIABLES)
     assert "'third'" in caught.value.message

@@ -190,3 +190,20 @@ def test_session_and_seed_is_invalid(stub):
     error = first_response_error(stub, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "seed" in error.details()
     stub.CloseSession(pb.CloseSessionRequest(session_id=session.session_id))
+
+
+def test_first_chunk_of_a_sequential_stream_tells_every_position(stub):
+    session = _open(stub, seed=9, rng_mode=pb.RNG_MODE_SEQUENTIAL)
+    variables = [
+        var("a", [300, 200], init(random_normal={"stddev": 1.0})),
+        var("z", [3, 3], init(zeros={})),  # draws nothing: -1
+        var("s", [4, 4], init(he={}), seed=31),  # its own seed: -1
+        var("c", [6, 10], init(glorot_uniform={})),
+    ]
+    request = pb.MaterializeRequest(session_id=session.session_id, variables=variables, chunk_bytes=64 << 10)
+    chunks = list(stub.Materialize(request, timeout=60))
+    assert list(chunks[0].sequence_indexes) == [0, -1, -1, 1]
+    assert all(not c.sequence_indexes for c in chunks[1:])
+    by_name = list(stub.Materialize(pb.MaterializeRequest(seed=9, variables=variables), timeout=60))
+    assert all(not c.sequence_indexes for c in by_name)
+    stub.CloseSession(pb.CloseSessionRequest(session_id=session.session_id), timeout=30)

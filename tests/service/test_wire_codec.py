@@ -53,7 +53,7 @@ def _unknown_field(number: int, wire_type: int, payload: bytes) -> bytes:
 unknown_fields = st.lists(
     st.builds(
         _unknown_field,
-        st.integers(7, 2**29 - 1),
+        st.integers(8, 2**29 - 1),  # 1 to 7 are TensorChunk's own
         st.sampled_from([0, 1, 2, 5]),
         st.binary(max_size=16),
     ),
@@ -140,3 +140,14 @@ def test_the_empty_message():
     assert wire.encode_chunk(0, 0, b"") == b"" == pb.TensorChunk().SerializeToString()
     decoded = wire.decode_chunk(b"")
     assert _decoded(decoded) == _fields(pb.TensorChunk())
+
+
+@given(st.lists(st.integers(-1, 2**32 - 1), max_size=20))
+def test_sequence_indexes_round_trip(indexes):
+    encoded = wire.encode_chunk(0, 0, b"x", sequence_indexes=indexes)
+    assert list(pb.TensorChunk.FromString(encoded).sequence_indexes) == indexes
+    generated = pb.TensorChunk(data=b"x", sequence_indexes=indexes).SerializeToString()
+    assert wire.decode_chunk(generated).sequence_indexes == tuple(indexes)
+    # A repeated scalar may also arrive unpacked, one tagged varint per value.
+    unpacked = b"".join(wire._varint(7 << 3) + wire._varint(i) for i in indexes)
+    assert wire.decode_chunk(unpacked).sequence_indexes == tuple(indexes)

@@ -402,20 +402,22 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., byte_size: _Optional[int] = ..., seed: _Optional[int] = ..., generator: _Optional[str] = ..., digest_algorithm: _Optional[str] = ..., slice: _Optional[_Iterable[_Union[Range, _Mapping]]] = ..., zero_reason: _Optional[_Union[ZeroReason, str]] = ..., sequence_index: _Optional[int] = ...) -> None: ...
 
 class TensorChunk(_message.Message):
-    __slots__ = ("variable_index", "offset", "data", "info", "last", "digest")
+    __slots__ = ("variable_index", "offset", "data", "info", "last", "digest", "sequence_indexes")
     VARIABLE_INDEX_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_INDEXES_FIELD_NUMBER: _ClassVar[int]
     variable_index: int
     offset: int
     data: bytes
     info: TensorInfo
     last: bool
     digest: bytes
-    def __init__(self, variable_index: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., info: _Optional[_Union[TensorInfo, _Mapping]] = ..., last: _Optional[bool] = ..., digest: _Optional[bytes] = ...) -> None: ...
+    sequence_indexes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, variable_index: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., info: _Optional[_Union[TensorInfo, _Mapping]] = ..., last: _Optional[bool] = ..., digest: _Optional[bytes] = ..., sequence_indexes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("seed", "rng_mode", "default_initializer", "default_dtype", "ttl_seconds")

@@ -75,7 +75,7 @@ def new_digest():
 # -- the TensorChunk codec --------------------------------------------------------------------
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
-_F_INDEX, _F_OFFSET, _F_DATA, _F_INFO, _F_LAST, _F_DIGEST = 1, 2, 3, 4, 5, 6
+_F_INDEX, _F_OFFSET, _F_DATA, _F_INFO, _F_LAST, _F_DIGEST, _F_SEQUENCE = 1, 2, 3, 4, 5, 6, 7
 
 
 def _varint(value: int) -> bytes:
@@ -100,6 +100,7 @@ def encode_chunk(
     info: bytes = b"",
     last: bool = False,
     digest: bytes = b"",
+    sequence_indexes: Sequence[int] = (),
 ) -> bytes:
     """A serialized TensorChunk. `data` may be a list of buffers (joined, not copied twice);
     `info` is an already serialized TensorInfo (first chunk only). The data field goes last so the
@@ -117,6 +118,9 @@ def encode_chunk(
         parts += [_tag(_F_LAST, _VARINT), b"\x01"]
     if digest:
         parts += [_tag(_F_DIGEST, _LEN), _varint(len(digest)), digest]
+    if sequence_indexes:  # packed, as proto3 encodes repeated scalars
+        packed = b"".join(_varint(i) for i in sequence_indexes)
+        parts += [_tag(_F_SEQUENCE, _LEN), _varint(len(packed)), packed]
     if size:
         parts += [_tag(_F_DATA, _LEN), _varint(size), *buffers]
     return b"".join(parts)
@@ -132,6 +136,7 @@ class Chunk:
     info: pb.TensorInfo | None
     last: bool
     digest: bytes
+    sequence_indexes: tuple[int, ...] = ()
 
 
 def _read_varint(buf: memoryview, at: int) -> tuple[int, int]:
@@ -159,13 +164,17 @@ def decode_chunk(message: bytes | memoryview) -> Chunk:
     buf = memoryview(message)
     fields: dict[int, object] = {}
     info: pb.TensorInfo | None = None
+    sequence: list[int] = []
     at = 0
     while at < len(buf):
         key, at = _read_varint(buf, at)
         field, wire_type = key >> 3, key & 7
         if wire_type == _VARINT:
             value, at = _read_varint(buf, at)
-            fields[field] = value
+            if field == _F_SEQUENCE:  # a repeated scalar may also come unpacked
+                sequence.append(_signed64(value))
+            else:
+                fields[field] = value
         elif wire_type == _LEN:
             length, at = _read_varint(buf, at)
             if at + length > len(buf):
@@ -175,6 +184,11 @@ def decode_chunk(message: bytes | memoryview) -> Chunk:
             if field == _F_INFO:  # sub-messages merge when repeated
                 info = info or pb.TensorInfo()
                 info.MergeFromString(bytes(value))
+            elif field == _F_SEQUENCE:
+                inner = 0
+                while inner < len(value):
+                    item, inner = _read_varint(value, inner)
+                    sequence.append(_signed64(item))
             else:
                 fields[field] = value
         elif wire_type == _I64:
@@ -194,4 +208,5 @@ def decode_chunk(message: bytes | memoryview) -> Chunk:
         info=info,
         last=bool(fields.get(_F_LAST, 0)),
         digest=bytes(digest) if isinstance(digest, memoryview) else b"",
+        sequence_indexes=tuple(sequence),
     )
