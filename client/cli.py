@@ -34,6 +34,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
 
 from .client import DEFAULT_TARGET, Client
@@ -164,7 +165,15 @@ def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
         started = time.perf_counter()
         manifest = client.materialize_to_file(request, args.output, streams=args.streams, progress=advance)
         seconds = time.perf_counter() - started
-    table = Table(title=escape(f"weightgen fetch → {args.output}"), show_header=False)
+    table = _manifest_table(escape(f"weightgen fetch → {args.output}"), manifest)
+    table.add_row("time", f"{seconds:.2f} s ({human_bytes(manifest.total_bytes / max(seconds, 1e-9))}/s)")
+    out.print(table)
+    return 0
+
+
+def _manifest_table(title: str, manifest: Manifest) -> Table:
+    """The summary rows every command shows for a manifest (fetch's result, inspect's file)."""
+    table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("variables", str(len(manifest.variables)))
@@ -172,9 +181,7 @@ def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
     table.add_row("seed", _seeds(manifest))
     table.add_row("generator", escape(manifest.generator))
     table.add_row("server", escape(manifest.server))
-    table.add_row("time", f"{seconds:.2f} s ({human_bytes(manifest.total_bytes / max(seconds, 1e-9))}/s)")
-    out.print(table)
-    return 0
+    return table
 
 
 def cmd_list(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -248,16 +255,9 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
     if manifest is None:
         out.print("no weightgen manifest in this file")
         return 0
-    summary = Table(title="manifest", show_header=False)
-    summary.add_column(style="bold")
-    summary.add_column()
-    summary.add_row("variables", str(len(manifest.variables)))
-    summary.add_row("bytes", f"{human_bytes(manifest.total_bytes)} ({manifest.total_bytes:,})")
-    summary.add_row("seed", _seeds(manifest))
-    summary.add_row("generator", escape(manifest.generator))
-    summary.add_row("server", escape(manifest.server))
+    summary = _manifest_table("manifest", manifest)
     if manifest.session is not None:
-        mode = "sequential" if manifest.session.rng_mode == 2 else "by name"
+        mode = "sequential" if manifest.session.rng_mode == pb.RNG_MODE_SEQUENTIAL else "by name"
         summary.add_row("session", f"seed {manifest.session.seed}, {mode}")
     summary.add_row("created", f"{manifest.created} ({manifest.seconds:.2f} s)")
     out.print(summary)
