@@ -68,6 +68,7 @@ class Prepared:
     recipe: Recipe
     plan: Plan
     key: rng.Key
+    affine: sampling.Affine | None = None  # the distribution's coefficients, for Uniform and Normal
 
     @property
     def is_random(self) -> bool:
@@ -163,8 +164,8 @@ class Engine:
                 f"{spec.initializer.kind} builds the whole tensor: {size} elements exceed the limit "
                 f"of {self.max_structured_elements}",
             )
-        if isinstance(recipe, Uniform | Normal):
-            self._affine(recipe, dtype)  # validates that the scaled values fit the compute precision
+        # Resolved here, once: it also validates that the scaled values fit the dtype.
+        affine = self._affine(recipe, dtype) if isinstance(recipe, Uniform | Normal) else None
         info = TensorInfo(
             name=spec.name,
             shape=shape,
@@ -176,7 +177,8 @@ class Engine:
             zero_reason=recipe.zero_reason if isinstance(recipe, Fill) else "",
             sequence_index=sequence_index,
         )
-        return Prepared(spec, info, dtype, recipe, plan, key if key is not None else rng.variable_key(seed, spec.name))
+        key = key if key is not None else rng.variable_key(seed, spec.name)
+        return Prepared(spec, info, dtype, recipe, plan, key, affine)
 
     @staticmethod
     def _affine(recipe: Uniform | Normal, dtype: DTypeInfo) -> sampling.Affine:
@@ -214,7 +216,7 @@ class Engine:
         if isinstance(recipe, Fill):
             return self._fill(recipe, dtype, plan)
         if isinstance(recipe, Uniform | Normal):
-            return self._random(prepared.key, self._affine(recipe, dtype), dtype, plan)
+            return self._random(prepared.key, prepared.affine, dtype, plan)
         if isinstance(recipe, Broadcast):
             return _array_pieces(np.broadcast_to(recipe.base, plan.shape), plan)
         return _array_pieces(self._structured(prepared, recipe), plan)
