@@ -210,14 +210,15 @@ class WeightGenService:
                 code = error.code
                 await self._refuse(context, "Materialize", started, error)
             chunk_bytes = request.chunk_bytes or wire.DEFAULT_CHUNK_BYTES
+            # The first chunk of a sequential session's stream tells every variable's position.
+            positions = ()
+            if session is not None and session.sequential:
+                positions = tuple(w.prepared.info.sequence_index for w in work)
             for item in work:
-                # The first chunk of a sequential session's stream tells every variable's position.
-                positions = ()
-                if session is not None and session.sequential and not streams:
-                    positions = tuple(w.prepared.info.sequence_index for w in work)
                 stream = VariableStream(
                     item.index, item.prepared, self.engine, chunk_bytes, item.resume_offset, positions
                 )
+                positions = ()
                 streams.append(stream)
                 t0 = time.perf_counter()
                 while True:
