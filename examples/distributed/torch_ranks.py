@@ -22,6 +22,8 @@ import fnmatch
 import hashlib
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -224,7 +226,14 @@ def main() -> None:
         dist.barrier()
     dist.destroy_process_group()
     if not ok:
-        raise SystemExit("the assembled model differs from a single-process fetch")
+        print("the assembled model differs from a single-process fetch", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # torch's gloo backend keeps its worker threads (pt_gloo_runloop) running after
+    # destroy_process_group; C++ static destructors at interpreter exit then race them and can abort
+    # a rank that finished its work (std::terminate: SIGABRT, sometimes SIGBUS). Every result is
+    # written and flushed by now, so leave without running those destructors.
+    os._exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
