@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
@@ -49,15 +50,24 @@ def configure_host_devices(count: int | None = None) -> None:
 
 @dataclass(frozen=True)
 class Job:
-    """Blocks [block0, block0 + n_blocks) of one variable; `parts` = 2 for complex values."""
+    """Blocks [block0, block0 + n_blocks) of one variable; `parts` = 2 for complex values.
+
+    Jobs are the keys of single-flight and of the block cache, so equal jobs must give equal bytes:
+    coefficients compare by their bits (`coefficient_bits`), since -0.0 == 0.0 as floats but a mean
+    of -0.0 can give -0.0 where 0.0 gives 0.0."""
 
     family: str
     precision: str
     key: rng.Key
     block0: int
     n_blocks: int
-    coefficients: tuple[float, ...]
+    coefficients: tuple[float, ...] = field(compare=False)
     parts: int = 1
+    coefficient_bits: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        bits = struct.pack(f"<{len(self.coefficients)}d", *self.coefficients)
+        object.__setattr__(self, "coefficient_bits", bits)
 
 
 class WorkerPool:
