@@ -64,6 +64,10 @@ class Metrics:
         """Export the worker pool's block cache and single-flight counters (read at scrape time)."""
         self.registry.register(_PoolCollector(pool))
 
+    def watch_digests(self, board) -> None:
+        """Export how much hashing streams of the same bytes shared (read at scrape time)."""
+        self.registry.register(_DigestCollector(board))
+
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP; returns the bound port (port 0 picks one)."""
         server, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -96,3 +100,17 @@ class _PoolCollector:
             yield CounterMetricFamily(f"weightgen_cache_{name}", doc, value=value)
         yield GaugeMetricFamily("weightgen_cache_bytes", "Bytes held by the block cache", value=cache.bytes)
         yield GaugeMetricFamily("weightgen_cache_max_bytes", "Block cache capacity", value=cache.max_bytes)
+
+
+class _DigestCollector:
+    def __init__(self, board):
+        self._board = board
+
+    def collect(self):
+        board = self._board
+        for name, value, doc in (
+            ("bytes_hashed", board.hashed_bytes, "Variable bytes hashed for TensorChunk digests"),
+            ("bytes_shared", board.skipped_bytes, "Variable bytes streamed whose digest another stream computed"),
+            ("joins", board.joined, "Streams that joined a digest in progress or finished"),
+        ):
+            yield CounterMetricFamily(f"weightgen_digest_{name}", doc, value=value)

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from weightgen.server import engine as eng
 from weightgen.server.config import Config
+from weightgen.server.digests import DigestBoard
 from weightgen.server.metrics import Metrics
 from weightgen.server.sessions import SessionNotFoundError, SessionStore, TooManySessionsError
 from weightgen.server.validate import (
@@ -122,6 +123,8 @@ class WeightGenService:
         self.engine = engine
         self.metrics = metrics
         self.sessions = sessions
+        self.digests = DigestBoard()
+        metrics.watch_digests(self.digests)
         self.ready = False
         self.draining = False
         self._active = 0
@@ -216,7 +219,7 @@ class WeightGenService:
                 positions = tuple(w.prepared.info.sequence_index for w in work)
             for item in work:
                 stream = VariableStream(
-                    item.index, item.prepared, self.engine, chunk_bytes, item.resume_offset, positions
+                    item.index, item.prepared, self.engine, chunk_bytes, item.resume_offset, positions, self.digests
                 )
                 positions = ()
                 streams.append(stream)

@@ -3,6 +3,7 @@
 The chunk codec itself is `weightgen.v1.wire`; this module decides where chunks start and end,
 what the first and last ones carry, and how a resumed stream skips what the client already has
 (the skipped bytes are still generated and digested, so the digest covers the whole tensor).
+Streams of the same bytes share their digest through a `DigestBoard` (server/digests.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from weightgen.server import engine as eng
+from weightgen.server.digests import DigestBoard
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
 
@@ -52,6 +54,7 @@ class VariableStream:
         chunk_bytes: int,
         resume_offset: int = 0,
         sequence_indexes: tuple[int, ...] = (),
+        digests: DigestBoard | None = None,
     ):
         self.index = index
         self.prepared = prepared
@@ -60,7 +63,11 @@ class VariableStream:
         self.byte_size = prepared.info.byte_size
         self._info = info_message(prepared.info, self.byte_size).SerializeToString()
         self._pieces: Iterator[np.ndarray] = engine.stream(prepared)
-        self._digest = wire.new_digest()
+        # Without a board the digest is this stream's own (a board that keeps nothing).
+        self._board = digests if digests is not None else DigestBoard(max_finished=0)
+        self._content = prepared.content_key if digests is not None else None
+        self._digest = self._board.join(self._content, self.byte_size)
+        self._joined = True
         self._pending: list[memoryview] = []  # bytes at or past resume_offset not yet sent
         self._pending_size = 0
         self._position = 0  # bytes generated so far
@@ -121,10 +128,11 @@ class VariableStream:
                     size = self._pending_size  # read before _take empties it
                     out.append(self._chunk(self._take(size), size, last=True))
                     self._done = True
+                    self._leave()
                     break
                 data = memoryview(np.ascontiguousarray(piece).reshape(-1).view(np.uint8))
-                self._digest.update(data)
                 start, self._position = self._position, self._position + len(data)
+                self._board.feed(self._digest, start, data)
                 if self._position <= self.resume_offset:
                     continue  # the client has these bytes already
                 if start < self.resume_offset:
@@ -137,10 +145,16 @@ class VariableStream:
                     out.append(self._chunk(self._take(self.chunk_bytes), self.chunk_bytes, last=False))
             return out
 
+    def _leave(self) -> None:
+        if self._joined:
+            self._joined = False
+            self._board.leave(self._content, self._digest)
+
     def close(self) -> None:
         """Stop generation (waits for a next_batch in progress on another thread)."""
         with self._lock:
             self._done = True
+            self._leave()
             close = getattr(self._pieces, "close", None)
             if close is not None:
                 close()

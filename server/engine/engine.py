@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
+import struct
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -69,6 +70,20 @@ class Prepared:
     plan: Plan
     key: rng.Key
     affine: sampling.Affine | None = None  # the distribution's coefficients, for Uniform and Normal
+
+    @property
+    def content_key(self) -> tuple | None:
+        """A hashable value that is equal for two prepared variables only when their delivered bytes
+        are equal by construction (same values, dtype and slice): random and constant tensors. None
+        for structured and broadcast tensors. Floats enter by their bits (-0.0 is not 0.0)."""
+        where = (self.dtype.name, self.plan.shape, self.plan.start, self.plan.stop)
+        if isinstance(self.recipe, Fill):
+            value = complex(self.recipe.value)
+            return ("fill", struct.pack("<2d", value.real, value.imag), *where)
+        if self.affine is not None:
+            coefficients = struct.pack(f"<{len(self.affine.coefficients)}d", *self.affine.coefficients)
+            return ("random", self.key, self.affine.family, coefficients, *where)
+        return None
 
     @property
     def is_random(self) -> bool:
