@@ -5,9 +5,10 @@
 A weightgen server subprocess (default block cache, 128 MiB; `--devices auto`: one CPU device per
 core; XLA compilation cache in a temporary directory) and `--clients` receiver processes, each with
 its own channel, started and connected before the clock starts. Each receiver takes the stream on
-the fast path (identity deserializer, `wire.decode_chunk`), counts the bytes and keeps the digest of
-the last chunk (chunks of the client's default size); every receiver must report the same digest, and the single fetch's bytes are checked
-against it (SHA-256) outside the timing. Scenarios, each on a tensor nobody fetched before:
+the fast path (identity deserializer, `wire.decode_chunk`) in chunks of the client's default size,
+counts the bytes and keeps the digest of the last chunk; every receiver must report the same
+digest, and the single fetch's bytes are checked against it (SHA-256) outside the timing.
+Scenarios, each on a tensor nobody fetched before:
 
 - one: a single fetch, 1 GiB by default;
 - herd: `--clients` identical fetches at once (single-flight plus the block cache);

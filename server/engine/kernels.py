@@ -64,7 +64,6 @@ def run(
 def warm(device: jax.Device, precisions: tuple[str, ...] = tuple(sampling.PRECISIONS)) -> int:
     """Compile every (family, precision, bucket) program on `device`; returns how many ran."""
     count = 0
-    rng.fold_in((0, 0), 0)  # the key-derivation program, used by every request
     for precision in precisions:
         for family in sampling.FAMILIES:
             for n in BUCKETS:

@@ -203,6 +203,30 @@ def test_keys_equal_jax_random() -> None:
         rng.root_key(-1)
 
 
+# Random123's known answers for threefry2x32 with 20 rounds: (key, counter) -> output.
+THREEFRY_ANSWERS = [
+    ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+    ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+    ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+]
+
+
+def test_threefry_is_threefry2x32_20_on_the_host_and_in_xla() -> None:
+    from jax.extend.random import threefry2x32_p
+
+    for (k0, k1), (x0, x1), expected in THREEFRY_ANSWERS:
+        args = [np.array([w], np.uint32) for w in (k0, k1, x0, x1)]
+        assert tuple(int(w[0]) for w in rng.threefry2x32(*args)) == expected
+    # Random words, under a jit as the kernels run it, against JAX's own primitive.
+    words = np.random.default_rng(5).integers(0, 2**32, size=(4, 100_000), dtype=np.uint32)
+    words[:, :4] = [[0, 0, 0, 0], [2**32 - 1] * 4, [0, 2**32 - 1, 0, 2**32 - 1], [1, 2, 3, 4]]
+    ours = jax.jit(rng.threefry2x32)(*words)
+    theirs = jax.jit(threefry2x32_p.bind)(*words)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.stack(rng.threefry2x32(*words)), np.stack([np.asarray(a) for a in ours]))
+
+
 def _block_words(variable_key: rng.Key, block: int, count: int) -> np.ndarray:
     """`count` 64-bit words T(block_key, (0, j)) = w0 << 32 | w1 for j < count, from jax.random:
     with jax_threefry_partitionable, bits(key, (n,), uint64)[j] is exactly that."""
