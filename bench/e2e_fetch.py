@@ -7,9 +7,9 @@ preallocated numpy buffer, each the best of `--repeats` runs, for chunk sizes 25
 the largest (4 MiB - 4 KiB, so a chunk with its framing fits gRPC's default 4 MiB message limit):
 
 - e2e: a weightgen server subprocess (``--devices auto``: one CPU device per core, warm, XLA
-  compilation cache in a temporary directory, block cache off so that every run generates) and
-  this process as the client on the fast path: a grpc channel's ``unary_stream(...,
-  response_deserializer=None)``, `wire.decode_chunk` on each message, its data copied into the
+  compilation cache in a temporary directory, block cache and digest cache off so that every run
+  generates and hashes) and this process as the client on the fast path: a grpc channel's
+  ``unary_stream(..., response_deserializer=None)``, `wire.decode_chunk` on each message, its data copied into the
   buffer at its offset. The digest is checked once per chunk size, after the timed runs, against
   the stream's and the in-process engine's.
 - client: ``weightgen.client.Client(chunk_bytes=...).materialize(request)`` (its defaults: digest
@@ -233,9 +233,12 @@ def main() -> None:
     shape = shape_for(args.mib)
     workdir = Path(tempfile.mkdtemp(prefix="weightgen-e2e-"))
     cache = workdir / "xla-cache"
-    # --cache-bytes 0: every run generates (the block cache serves herds of identical requests, not this).
+    # Every run generates and hashes: --cache-bytes 0 and --digest-cache-entries 0 (the block cache and
+    # the remembered digests serve herds and repeats of identical requests, which this is not meant to be).
     server = launch(
-        workdir / "server", "--devices", "auto", "--warm-precisions", "float32", "--cache-bytes", "0", cache_dir=cache
+        workdir / "server",
+        *("--devices", "auto", "--warm-precisions", "float32", "--cache-bytes", "0", "--digest-cache-entries", "0"),
+        cache_dir=cache,
     )
     raw_proc, raw_port = start_raw(workdir)
     rows, notes = [], []

@@ -36,6 +36,10 @@ class Config:
         default=128 << 20,
         metadata={"help": "bytes of generated blocks kept for identical requests (herds); 0 disables"},
     )
+    digest_cache_entries: int = field(
+        default=4096,
+        metadata={"help": "finished variable digests kept, so a repeat of the same bytes hashes nothing; 0 disables"},
+    )
     compilation_cache_dir: str = field(
         default="", metadata={"help": "persistent XLA compilation cache directory ('' = off)"}
     )
@@ -130,6 +134,9 @@ def validate(config: Config) -> None:
     ):
         if getattr(config, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be positive")
+    for name in ("cache_bytes", "digest_cache_entries"):
+        if getattr(config, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be 0 (off) or positive")
     for p in config.warm_list():
         if p not in ("float32", "float64"):
             problems.append(f"--warm-precisions: unknown precision {p!r}")

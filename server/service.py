@@ -123,7 +123,7 @@ class WeightGenService:
         self.engine = engine
         self.metrics = metrics
         self.sessions = sessions
-        self.digests = DigestBoard()
+        self.digests = DigestBoard(config.digest_cache_entries)
         metrics.watch_digests(self.digests)
         self.ready = False
         self.draining = False

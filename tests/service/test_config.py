@@ -44,6 +44,8 @@ def test_environment_defaults_to_os_environ(monkeypatch):
         (["--warm-precisions", "float8"], {}, "unknown precision 'float8'"),
         ([], {"WEIGHTGEN_PORT": "high"}, "WEIGHTGEN_PORT expects int, got 'high'"),
         ([], {"WEIGHTGEN_MAX_SESSIONS": "-1"}, "--max-sessions must be positive"),
+        (["--cache-bytes", "-1"], {}, "--cache-bytes must be 0 (off) or positive"),
+        ([], {"WEIGHTGEN_DIGEST_CACHE_ENTRIES": "-2"}, "--digest-cache-entries must be 0 (off) or positive"),
     ],
 )
 def test_invalid_configuration_exits_with_a_message(argv, env, message):
