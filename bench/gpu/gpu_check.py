@@ -1,5 +1,5 @@
 """The GPU check: raw bits identical to the CPU's, float values within a measured ULP distance,
-and the engine's speed on the GPU. Run through bench/gpu/gpu_check.sh on a machine with a GPU.
+and the engine's speed on the GPU. Run through bench/gpu_check.sh on a machine with a GPU.
 
     python bench/gpu/gpu_check.py compare [--reference bench/gpu/cpu_reference.npz]
     python bench/gpu/gpu_check.py write-reference        # on the CPU, to refresh the shipped file

@@ -3,14 +3,14 @@
 # already has JAX with CUDA, grpcio, protobuf, numpy and ml_dtypes. It installs nothing from the
 # network: packages that machine lacks may be carried as wheels in .whl/ (see bench/README.md).
 #
-#   bench/gpu/gpu_check.sh            # from the repository root; writes results to $OUT or ./gpu-results
+#   bench/gpu_check.sh                # from the repository root; writes results to $OUT or ./gpu-results
 #
 # 1. raw threefry bits and float values against the CPU results shipped in cpu_reference.npz
 #    (bits must be identical; the max ULP distance per distribution is reported),
 # 2. kernel throughput per distribution on the GPU,
 # 3. an end-to-end 1 GiB fetch over loopback from a server using the GPU.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULTS=${OUT:-gpu-results}
 mkdir -p "$RESULTS"
