@@ -1,0 +1,37 @@
+"""Prepared.content_key: equal only where the delivered bytes are equal by construction (it keys
+the digests that streams of the same bytes share)."""
+
+from __future__ import annotations
+
+import pytest
+from engine_helpers import spec
+
+BASE = ("random_normal", (4, 8))
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        spec(*BASE, name="v", stddev=1.0),
+        spec("random_normal", (8, 4), stddev=1.0),
+        spec(*BASE, "bfloat16", stddev=1.0),
+        spec(*BASE, slice=((0, 2), (0, 8)), stddev=1.0),
+        spec(*BASE, stddev=2.0),
+        spec("random_uniform", (4, 8)),
+    ],
+    ids=["name", "shape", "dtype", "slice", "stddev", "family"],
+)
+def test_content_keys_differ_where_the_bytes_can(engine, other):
+    base = engine.prepare(spec(*BASE, stddev=1.0), seed=1)
+    assert base.content_key == engine.prepare(spec(*BASE, stddev=1.0), seed=1).content_key
+    assert base.content_key != engine.prepare(spec(*BASE, stddev=1.0), seed=2).content_key
+    assert base.content_key != engine.prepare(other, seed=1).content_key
+
+
+def test_content_keys_tell_minus_zero_from_zero_and_skip_what_they_cannot_key(engine):
+    def key(kind, **params):
+        return engine.prepare(spec(kind, (4, 8), **params), seed=1).content_key
+
+    assert key("constant", value=0.0) != key("constant", value=-0.0)
+    assert key("random_normal", mean=0.0, stddev=0.0) != key("random_normal", mean=-0.0, stddev=0.0)
+    assert key("orthogonal") is None
