@@ -82,16 +82,12 @@ class DigestBoard:
             shared.users = 1
             return shared
         with self._lock:
-            shared = self._active.get(key)
+            shared = self._active.get(key) or self._finished.pop(key, None)
             if shared is None:
-                shared = self._finished.pop(key, None)
-                if shared is None:
-                    shared = SharedDigest(total)
-                else:
-                    self.joined += 1
-                self._active[key] = shared
+                shared = SharedDigest(total)
             else:
                 self.joined += 1
+            self._active[key] = shared
             if shared.total != total:
                 raise RuntimeError(f"content key {key!r} names {shared.total} bytes and {total} bytes")
             shared.users += 1

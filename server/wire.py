@@ -65,7 +65,7 @@ class VariableStream:
         self._pieces: Iterator[np.ndarray] = engine.stream(prepared)
         # Without a board the digest is this stream's own (a board that keeps nothing).
         self._board = digests if digests is not None else DigestBoard(max_finished=0)
-        self._content = prepared.content_key if digests is not None else None
+        self._content = prepared.content_key
         self._digest = self._board.join(self._content, self.byte_size)
         self._joined = True
         self._pending: list[memoryview] = []  # bytes at or past resume_offset not yet sent

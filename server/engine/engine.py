@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
-import struct
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -28,7 +27,7 @@ from .dtypes import DTypeInfo, Kind
 from .initializers import Broadcast, Fill, Normal, Recipe, Structured, Uniform
 from .plan import Piece, Plan
 from .spec import MAX_NAME_BYTES, MAX_RANK, Initializer, SpecError, VariableSpec
-from .workers import Job, WorkerPool
+from .workers import Job, WorkerPool, float_bits
 
 SELF_CHECK_UNIFORM = "ea43004999aa1690e37764b825802126221fab27182bed7cfa21f4b09cfd3d20"
 SELF_CHECK_NORMAL = "c63b34b5ab36d99c77a02ae70f2d374535ab01079a638133c16920a0c98bae95"
@@ -79,10 +78,9 @@ class Prepared:
         where = (self.dtype.name, self.plan.shape, self.plan.start, self.plan.stop)
         if isinstance(self.recipe, Fill):
             value = complex(self.recipe.value)
-            return ("fill", struct.pack("<2d", value.real, value.imag), *where)
+            return ("fill", float_bits((value.real, value.imag)), *where)
         if self.affine is not None:
-            coefficients = struct.pack(f"<{len(self.affine.coefficients)}d", *self.affine.coefficients)
-            return ("random", self.key, self.affine.family, coefficients, *where)
+            return ("random", self.key, self.affine.family, float_bits(self.affine.coefficients), *where)
         return None
 
     @property

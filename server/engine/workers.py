@@ -48,6 +48,11 @@ def configure_host_devices(count: int | None = None) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
+def float_bits(values) -> bytes:
+    """Floats as their IEEE-754 float64 bits: a key in which -0.0 is not 0.0 (as floats, they are equal)."""
+    return struct.pack(f"<{len(values)}d", *values)
+
+
 @dataclass(frozen=True)
 class Job:
     """Blocks [block0, block0 + n_blocks) of one variable; `parts` = 2 for complex values.
@@ -66,8 +71,7 @@ class Job:
     coefficient_bits: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        bits = struct.pack(f"<{len(self.coefficients)}d", *self.coefficients)
-        object.__setattr__(self, "coefficient_bits", bits)
+        object.__setattr__(self, "coefficient_bits", float_bits(self.coefficients))
 
 
 class WorkerPool:
