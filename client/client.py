@@ -184,8 +184,11 @@ class Client:
         retries: int = 3,
         options: Sequence[tuple[str, Any]] = (),
     ):
-        if not 0 <= chunk_bytes <= wire.MAX_CHUNK_BYTES:
-            raise ValueError(f"chunk_bytes must be in [0, {wire.MAX_CHUNK_BYTES}], got {chunk_bytes}")
+        if chunk_bytes and not wire.MIN_CHUNK_BYTES <= chunk_bytes <= wire.MAX_CHUNK_BYTES:
+            raise ValueError(
+                f"chunk_bytes must be 0 (the server's default) or in [{wire.MIN_CHUNK_BYTES}, {wire.MAX_CHUNK_BYTES}], "
+                f"got {chunk_bytes}"
+            )
         self.target = target
         self.timeout = timeout
         self.chunk_bytes = chunk_bytes

@@ -32,7 +32,7 @@ def _prepare_jax(config: configuration.Config) -> None:
 
 
 async def _run(config: configuration.Config) -> int:
-    from weightgen.server.service import Server
+    from weightgen.server.lifecycle import Server
 
     server = Server(config)
     await server.start()

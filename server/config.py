@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
+from weightgen.v1 import wire
+
 ENV_PREFIX = "WEIGHTGEN_"
 
 
@@ -47,10 +49,47 @@ class Config:
     max_elements_per_variable: int = field(default=1 << 34, metadata={"help": "elements in one variable"})
     max_bytes_per_request: int = field(default=1 << 40, metadata={"help": "bytes one Materialize may deliver"})
     max_variables_per_request: int = field(default=100_000, metadata={"help": "variables in one Materialize"})
-    max_concurrent_streams: int = field(default=64, metadata={"help": "Materialize streams served at once"})
+    max_concurrent_streams: int = field(default=256, metadata={"help": "Materialize streams served at once"})
+    max_streams_per_peer: int = field(
+        default=32, metadata={"help": "Materialize streams served at once for one client address"}
+    )
+    max_validations: int = field(
+        default=2, metadata={"help": "requests parsed and planned at once (CPU-bound; the rest queue)"}
+    )
     max_sessions: int = field(default=10_000, metadata={"help": "open sessions"})
     max_structured_elements: int = field(
         default=1 << 24, metadata={"help": "elements of a whole-tensor initializer (orthogonal, identity, dirac)"}
+    )
+    max_structured_builds: int = field(
+        default=2, metadata={"help": "whole-tensor initializers built at once (each holds its full size)"}
+    )
+    whole_cache_bytes: int = field(
+        default=256 << 20,
+        metadata={"help": "bytes of built whole tensors kept, so slices and herds build them once; 0 disables"},
+    )
+    memory_budget: int = field(
+        default=0,
+        metadata={
+            "help": "bytes the server may hold for streams, validations, sessions and caches; 0 = 3/4 of the "
+            "container's (else the machine's) memory less 512 MiB"
+        },
+    )
+    budget_wait_seconds: float = field(
+        default=10.0, metadata={"help": "how long a request waits for memory budget before RESOURCE_EXHAUSTED"}
+    )
+    max_session_bytes: int = field(
+        default=1 << 20, metadata={"help": "largest default initializer a session may hold (a broadcast base)"}
+    )
+    stream_idle_seconds: float = field(
+        default=60.0,
+        metadata={"help": "end a stream whose client reads nothing for this long (DEADLINE_EXCEEDED); 0 = never"},
+    )
+    keepalive_seconds: float = field(
+        default=30.0, metadata={"help": "HTTP/2 keepalive ping interval: a client that stops answering is dropped"}
+    )
+    keepalive_timeout_seconds: float = field(default=10.0, metadata={"help": "time to wait for a ping's answer"})
+    connection_idle_seconds: float = field(
+        default=900.0, metadata={"help": "close a connection with no RPC for this long"}
     )
     max_request_bytes: int = field(default=64 << 20, metadata={"help": "largest request message (broadcast bases)"})
     session_ttl_seconds: int = field(default=3600, metadata={"help": "default idle TTL of a session"})
@@ -131,10 +170,28 @@ def validate(config: Config) -> None:
         "max_sessions",
         "threads_per_device",
         "max_request_bytes",
+        "max_streams_per_peer",
+        "max_validations",
+        "max_structured_builds",
+        "max_session_bytes",
+        "keepalive_seconds",
+        "keepalive_timeout_seconds",
+        "connection_idle_seconds",
     ):
         if getattr(config, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be positive")
-    for name in ("cache_bytes", "digest_cache_entries"):
+    if config.max_session_bytes > wire.MAX_MESSAGE_BYTES // 2:
+        problems.append(
+            f"--max-session-bytes must be at most {wire.MAX_MESSAGE_BYTES // 2} (a session's reply must fit)"
+        )
+    for name in (
+        "cache_bytes",
+        "digest_cache_entries",
+        "whole_cache_bytes",
+        "memory_budget",
+        "budget_wait_seconds",
+        "stream_idle_seconds",
+    ):
         if getattr(config, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be 0 (off) or positive")
     for p in config.warm_list():

@@ -23,6 +23,7 @@ class Metrics:
     active_streams: Gauge
     open_sessions: Gauge
     cancelled_streams: Counter
+    idle_streams_ended: Counter
     limit_rejections: Counter
     ready: Gauge
 
@@ -54,6 +55,11 @@ class Metrics:
             cancelled_streams=Counter(
                 "weightgen_cancelled_streams", "Materialize streams stopped by the client or a deadline", registry=r
             ),
+            idle_streams_ended=Counter(
+                "weightgen_idle_streams_ended",
+                "Materialize streams the server ended because the client read nothing for --stream-idle-seconds",
+                registry=r,
+            ),
             limit_rejections=Counter(
                 "weightgen_limit_rejections", "Requests refused by a configured limit, by limit", ["limit"], registry=r
             ),
@@ -67,6 +73,10 @@ class Metrics:
     def watch_digests(self, board) -> None:
         """Export how much hashing streams of the same bytes shared (read at scrape time)."""
         self.registry.register(_DigestCollector(board))
+
+    def watch_admission(self, admission) -> None:
+        """Export the memory budget and the stream slots (read at scrape time)."""
+        self.registry.register(_AdmissionCollector(admission))
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP; returns the bound port (port 0 picks one)."""
@@ -114,3 +124,26 @@ class _DigestCollector:
             ("joins", board.joined, "Streams that joined a digest in progress or finished"),
         ):
             yield CounterMetricFamily(f"weightgen_digest_{name}", doc, value=value)
+
+
+class _AdmissionCollector:
+    def __init__(self, admission):
+        self._admission = admission
+
+    def collect(self):
+        budget = self._admission.budget
+        yield GaugeMetricFamily(
+            "weightgen_memory_budget_bytes", "The server's memory budget (--memory-budget)", value=budget.total
+        )
+        reserved = GaugeMetricFamily(
+            "weightgen_memory_reserved_bytes", "Bytes reserved against the memory budget, by use", labels=["use"]
+        )
+        for use, value in sorted(budget.reserved.items()):
+            reserved.add_metric([use], value)
+        yield reserved
+        yield CounterMetricFamily(
+            "weightgen_memory_waits", "Reservations that waited for memory budget", value=budget.waits
+        )
+        yield GaugeMetricFamily(
+            "weightgen_stream_peers", "Client addresses with streams in progress", value=len(self._admission.per_peer)
+        )

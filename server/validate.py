@@ -1,59 +1,57 @@
-"""From a MaterializeRequest to prepared engine work, validating the whole batch first.
+"""Requests from bytes to plain values: parse, then check everything that needs no session, no key
+and no engine state. Pure functions of the request (and the configured limits), run off the event loop.
 
-Every problem becomes a `RequestError` with its gRPC status and a message naming the variable index,
-its name and the field, raised before a single byte is streamed.
+Every problem becomes a `RequestError` whose message names the variable index, its name and the
+field. A request carrying fields this server does not know (a newer client) is refused rather than
+half-understood.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import dataclass
 
-import grpc
+from google.protobuf import message as protobuf_message
 from google.protobuf import unknown_fields
 
 from weightgen.server import engine as eng
 from weightgen.server.config import Config
-from weightgen.server.engine import rng
-from weightgen.server.sessions import Session, SessionNotFoundError, SessionStore
+from weightgen.server.status import exhausted, invalid
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
 
-
-class RequestError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str, limit: str = ""):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.limit = limit  # the configured limit that refused it, for metrics
+MAX_LISTED_FIELDS = 8
+"""Unknown field numbers named in a message (a hostile request may carry thousands)."""
 
 
-class _Limit(eng.LimitError):
-    """A configured limit of the service, with the name its rejections are counted under."""
-
-    def __init__(self, limit: str, field: str, message: str):
-        super().__init__(field, message)
-        self.limit = limit
+def check_cancelled(cancelled: threading.Event | None) -> None:
+    """Stop work for a request whose client has gone (called between variables)."""
+    if cancelled is not None and cancelled.is_set():
+        raise eng.Cancelled
 
 
-@dataclass(frozen=True)
-class Work:
-    """One validated variable: what to generate and where to start sending."""
-
-    index: int
-    prepared: eng.Prepared
-    resume_offset: int
+def parse(message_type, raw: bytes):
+    """The request message in `raw`; INVALID_ARGUMENT for bytes that are not one (corrupt wire
+    format, invalid UTF-8 in a string) or that carry fields this server does not know."""
+    try:
+        request = message_type.FromString(raw)
+    except protobuf_message.DecodeError as error:
+        raise invalid(f"request: not a valid {message_type.DESCRIPTOR.full_name}: {error}") from None
+    try:
+        _unknown(request, "request")
+    except eng.SpecError as e:
+        raise invalid(e.describe()) from None
+    return request
 
 
 def _unknown(message, path: str) -> None:
     fields = unknown_fields.UnknownFieldSet(message)
     if len(fields):
         numbers = sorted({f.field_number for f in fields})
-        raise eng.SpecError(path, f"unknown field number(s) {numbers} (is the client newer than the server?)")
-
-
-def reject_unknown_fields(message, path: str) -> None:
-    """SpecError when `message` itself carries fields this server does not know."""
-    _unknown(message, path)
+        listed = ", ".join(map(str, numbers[:MAX_LISTED_FIELDS])) + (
+            ", ..." if len(numbers) > MAX_LISTED_FIELDS else ""
+        )
+        raise eng.SpecError(path, f"unknown field number(s) [{listed}] (is the client newer than the server?)")
 
 
 def _enum_choice(field, value: int, path: str) -> str | None:
@@ -76,7 +74,8 @@ def dtype_from_proto(value: int, default: str, path: str = "dtype") -> str:
 
 
 def initializer_from_proto(message: pb.Initializer, path: str = "initializer") -> eng.Initializer | None:
-    """The engine's Initializer for `message`; None when no kind is set (use the default)."""
+    """The engine's Initializer for `message`, its parameters checked; None when no kind is set
+    (the session's default applies)."""
     _unknown(message, path)
     kind = message.WhichOneof("kind")
     if kind is None:
@@ -105,118 +104,120 @@ def initializer_from_proto(message: pb.Initializer, path: str = "initializer") -
         _unknown(f, f"{path}.fan_axes")
         layout = _enum_choice(pb.FanAxes.DESCRIPTOR.fields_by_name["layout"], f.layout, f"{path}.fan_axes.layout")
         axes = eng.FanAxes(tuple(f.in_axes), tuple(f.out_axes), tuple(f.batch_axes), layout or "channels_last")
-    return eng.Initializer(kind, params, axes)
-
-
-def validate_request(
-    request: pb.MaterializeRequest, engine: eng.Engine, sessions: SessionStore, config: Config
-) -> tuple[list[Work], Session | None]:
-    """The batch as prepared work, or RequestError for the first problem found."""
-    bad = grpc.StatusCode.INVALID_ARGUMENT
+    init = eng.Initializer(kind, params, axes)
     try:
-        _unknown(request, "request")
-    except eng.SpecError as e:
-        raise RequestError(bad, e.describe()) from None
+        eng.initializers.parameters(init)
+    except eng.SpecError as e:  # the engine names the field inside a variable's "initializer"
+        raise eng.SpecError(path + e.field.removeprefix("initializer"), e.message) from None
+    return init
+
+
+# -- Materialize ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One variable as asked: `spec.dtype` is "" and `spec.initializer` None where the request
+    leaves them to the session's defaults."""
+
+    index: int
+    spec: eng.VariableSpec
+    resume_offset: int
+    sequence_index: int | None  # an explicit position in a sequential session
+
+
+@dataclass(frozen=True)
+class Batch:
+    session_id: str
+    seed: int  # the request's seed (0: the session's, or pick one)
+    chunk_bytes: int  # the largest data field of a chunk (0 in the request = the default)
+    variables: tuple[Variable, ...]
+
+
+def materialize(request: pb.MaterializeRequest, config: Config, cancelled: threading.Event | None = None) -> Batch:
+    """The batch as plain values, or RequestError for the first problem found."""
     if not request.variables:
-        raise RequestError(bad, "variables: the batch is empty")
+        raise invalid("variables: the batch is empty")
     if len(request.variables) > config.max_variables_per_request:
-        raise RequestError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        raise exhausted(
+            "variables_per_request",
             f"variables: {len(request.variables)} variables exceed the server's limit of "
             f"{config.max_variables_per_request} per request (--max-variables-per-request)",
-            "variables_per_request",
         )
-    if request.chunk_bytes > wire.MAX_CHUNK_BYTES:
-        raise RequestError(bad, f"chunk_bytes: {request.chunk_bytes} exceeds the maximum {wire.MAX_CHUNK_BYTES}")
-    session = None
-    if request.session_id:
-        if request.seed:
-            raise RequestError(bad, "seed: must be 0 when session_id names a session (the session's seed applies)")
-        try:
-            session = sessions.get(request.session_id)
-        except SessionNotFoundError:
-            raise RequestError(
-                grpc.StatusCode.NOT_FOUND,
-                f"session_id: no open session {request.session_id!r} (unknown, closed or expired)",
-            ) from None
-    batch_seed = session.seed if session else (request.seed or rng.random_seed())
-    default_dtype = session.default_dtype if session else "float32"
-
-    work: list[Work] = []
+    chunk_bytes = request.chunk_bytes or wire.DEFAULT_CHUNK_BYTES
+    if not wire.MIN_CHUNK_BYTES <= chunk_bytes <= wire.MAX_CHUNK_BYTES:
+        raise invalid(
+            f"chunk_bytes: {request.chunk_bytes} is outside [{wire.MIN_CHUNK_BYTES}, {wire.MAX_CHUNK_BYTES}] "
+            "(0 = the default, 1 MiB)"
+        )
+    if request.session_id and request.seed:
+        raise invalid("seed: must be 0 when session_id names a session (the session's seed applies)")
+    variables = []
     names: dict[str, int] = {}
-    total_bytes = 0
-    sequential: list[int] = []  # positions in `work` that take the session's next sequence indexes
     for index, variable in enumerate(request.variables):
-        name = variable.name
+        check_cancelled(cancelled)
         try:
-            _unknown(variable, "variable")
-            if name in names:
-                raise eng.SpecError("name", f"duplicates variables[{names[name]}]")
-            names[name] = index
-            shape = tuple(variable.shape)
-            elements = eng.check_shape(shape)
-            if elements > config.max_elements_per_variable:
-                raise _Limit(
-                    "elements_per_variable",
-                    "shape",
-                    f"{elements} elements exceed the server's limit of {config.max_elements_per_variable} per variable "
-                    "(--max-elements-per-variable)",
-                )
-            dtype = dtype_from_proto(variable.dtype, default_dtype)
-            init = initializer_from_proto(variable.initializer)
-            if init is None and session is not None:
-                init = session.default_initializer
-            if variable.HasField("sequence_index") and not (session and session.sequential and not variable.seed):
-                raise eng.SpecError("sequence_index", "applies only to a sequential session without a variable seed")
-            spec = eng.VariableSpec(
-                name=name,
-                shape=shape,
-                dtype=dtype,
-                initializer=init,
-                seed=variable.seed,
-                slice=tuple((r.start, r.stop) for r in variable.slice),
-            )
-            seed = variable.seed or batch_seed
-            placeholder = (0, 0) if session and session.sequential and not variable.seed else None
-            prepared = engine.prepare(spec, seed=seed, key=placeholder)
-            if not 0 <= variable.resume_offset <= prepared.info.byte_size:
-                raise eng.SpecError(
-                    "resume_offset", f"{variable.resume_offset} is outside [0, {prepared.info.byte_size}]"
-                )
+            variables.append(_variable(index, variable, names, config))
         except eng.LimitError as e:
-            # The engine's own limit is that of whole-tensor (structured) initializers.
-            limit = e.limit if isinstance(e, _Limit) else "structured_elements"
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, e.at(index, name).describe(), limit) from None
+            raise exhausted(e.limit, e.at(index, variable.name).describe()) from None
         except eng.SpecError as e:
-            raise RequestError(bad, e.at(index, name).describe()) from None
-        if placeholder is not None:
-            if not prepared.is_random:
-                prepared = replace(prepared, key=rng.variable_key(seed, name))  # unused: consumes no randomness
-            elif variable.HasField("sequence_index"):
-                prepared = _at_position(prepared, seed, variable.sequence_index)
-            else:
-                sequential.append(len(work))
-        total_bytes += prepared.info.byte_size
-        work.append(Work(index, prepared, variable.resume_offset))
+            raise invalid(e.at(index, variable.name).describe()) from None
+    return Batch(request.session_id, request.seed, chunk_bytes, tuple(variables))
 
-    if total_bytes > config.max_bytes_per_request:
-        raise RequestError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"variables: the batch delivers {total_bytes} bytes, more than the server's limit of "
-            f"{config.max_bytes_per_request} per request (--max-bytes-per-request)",
-            "bytes_per_request",
+
+def _variable(index: int, variable: pb.VariableSpec, names: dict[str, int], config: Config) -> Variable:
+    _unknown(variable, "variable")
+    name = variable.name
+    eng.validate_name(name)
+    if name in names:
+        raise eng.SpecError("name", f"duplicates variables[{names[name]}]")
+    names[name] = index
+    shape = tuple(variable.shape)
+    elements = eng.check_shape(shape)
+    if elements > config.max_elements_per_variable:
+        raise eng.LimitError(
+            "shape",
+            f"{elements} elements exceed the server's limit of {config.max_elements_per_variable} per variable "
+            "(--max-elements-per-variable)",
+            limit="elements_per_variable",
         )
-    if sequential:
-        try:
-            start = session.reserve(len(sequential))
-        except OverflowError as e:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"session_id: {e}", "session_sequence") from None
-        for n, position in enumerate(sequential):
-            w = work[position]
-            work[position] = replace(w, prepared=_at_position(w.prepared, session.seed, start + n))
-    return work, session
+    spec = eng.VariableSpec(
+        name=name,
+        shape=shape,
+        dtype=dtype_from_proto(variable.dtype, ""),
+        initializer=initializer_from_proto(variable.initializer),
+        seed=variable.seed,
+        slice=tuple((r.start, r.stop) for r in variable.slice),
+    )
+    if variable.resume_offset < 0:
+        raise eng.SpecError("resume_offset", f"{variable.resume_offset} is negative")
+    sequence_index = variable.sequence_index if variable.HasField("sequence_index") else None
+    if sequence_index is not None and variable.seed:
+        raise eng.SpecError("sequence_index", "applies only to a sequential session without a variable seed")
+    return Variable(index, spec, variable.resume_offset, sequence_index)
 
 
-def _at_position(prepared: eng.Prepared, seed: int, index: int) -> eng.Prepared:
-    info = replace(prepared.info, sequence_index=index)
-    return replace(prepared, key=rng.sequential_key(seed, index), info=info)
+# -- OpenSession ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    seed: int  # 0: pick one
+    sequential: bool
+    default_initializer: eng.Initializer | None
+    default_dtype: str
+    ttl_seconds: int
+
+
+def open_session(request: pb.OpenSessionRequest, config: Config) -> SessionRequest:
+    try:
+        init = initializer_from_proto(request.default_initializer, "default_initializer")
+        dtype = dtype_from_proto(request.default_dtype, "float32", "default_dtype")
+    except eng.SpecError as e:
+        raise invalid(e.describe()) from None
+    if request.rng_mode not in (pb.RNG_MODE_UNSPECIFIED, pb.RNG_MODE_BY_NAME, pb.RNG_MODE_SEQUENTIAL):
+        raise invalid(f"rng_mode: unknown RngMode value {request.rng_mode}")
+    ttl = request.ttl_seconds or config.session_ttl_seconds
+    if ttl > config.max_session_ttl_seconds:
+        raise invalid(f"ttl_seconds: {ttl} exceeds the server's maximum {config.max_session_ttl_seconds}")
+    return SessionRequest(request.seed, request.rng_mode == pb.RNG_MODE_SEQUENTIAL, init, dtype, ttl)

@@ -8,10 +8,10 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from .engine import Engine, LimitError, Prepared, TensorInfo, check_shape  # noqa: E402
+from .engine import Engine, LimitError, Prepared, TensorInfo, check_shape, validate_name  # noqa: E402
 from .initializers import REGISTRY  # noqa: E402
 from .rng import BLOCK_ELEMENTS, GENERATOR  # noqa: E402
-from .spec import BaseTensor, FanAxes, Initializer, SpecError, VariableSpec  # noqa: E402
+from .spec import BaseTensor, Cancelled, FanAxes, Initializer, SpecError, VariableSpec  # noqa: E402
 from .workers import WorkerPool, configure_host_devices  # noqa: E402
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "GENERATOR",
     "REGISTRY",
     "BaseTensor",
+    "Cancelled",
     "Engine",
     "FanAxes",
     "Initializer",
@@ -30,4 +31,5 @@ __all__ = [
     "WorkerPool",
     "check_shape",
     "configure_host_devices",
+    "validate_name",
 ]

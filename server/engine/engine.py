@@ -17,7 +17,7 @@ import statistics
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ml_dtypes
 import numpy as np
@@ -38,7 +38,12 @@ MAX_ELEMENTS = rng.MAX_BLOCKS * rng.BLOCK_ELEMENTS
 
 
 class LimitError(SpecError):
-    """A valid spec beyond a configured limit (the service's RESOURCE_EXHAUSTED)."""
+    """A valid spec beyond a configured limit (the service's RESOURCE_EXHAUSTED); `limit` names the
+    limit, for the service's metrics."""
+
+    def __init__(self, field: str, message: str, *, limit: str = "structured_elements", **where):
+        super().__init__(field, message, **where)
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,12 @@ class Prepared:
     dtype: DTypeInfo
     recipe: Recipe
     plan: Plan
-    key: rng.Key
+    key: rng.Key | None  # None until keyed: the random key of the variable
     affine: sampling.Affine | None = None  # the distribution's coefficients, for Uniform and Normal
+
+    def keyed(self, seed: int, key: rng.Key, sequence_index: int = -1) -> Prepared:
+        """This variable with its effective seed and random key (and position in a sequential session)."""
+        return replace(self, key=key, info=replace(self.info, seed=seed, sequence_index=sequence_index))
 
     @property
     def content_key(self) -> tuple | None:
@@ -117,7 +126,13 @@ class Engine:
     """Generates tensors on a worker pool (default: one worker per JAX device)."""
 
     def __init__(
-        self, pool: WorkerPool | None = None, *, max_structured_elements: int = 1 << 24, lookahead: int | None = None
+        self,
+        pool: WorkerPool | None = None,
+        *,
+        max_structured_elements: int = 1 << 24,
+        lookahead: int | None = None,
+        whole_cache_bytes: int = 0,
+        max_structured_builds: int = 2,
     ):
         self.pool = pool or WorkerPool()
         self.max_structured_elements = max_structured_elements
@@ -152,11 +167,10 @@ class Engine:
 
     # -- preparing ---------------------------------------------------------------------------
 
-    def prepare(
-        self, spec: VariableSpec, *, seed: int, key: rng.Key | None = None, sequence_index: int = -1
-    ) -> Prepared:
-        """Validate `spec` completely and resolve its recipe. `seed` is the effective seed (0 picks
-        a random one, reported in the info); `key` overrides the by-name key (sequential sessions)."""
+    def prepare(self, spec: VariableSpec, *, seed: int | None = None) -> Prepared:
+        """Validate `spec` completely and resolve its recipe. Without `seed` the result is not keyed
+        yet (the service's `seeds` module keys it, `Prepared.keyed`); with one, it is keyed by name
+        under that seed (0 picks a random one, reported in the info), for direct users of the engine."""
         validate_name(spec.name)
         shape = tuple(int(d) for d in spec.shape)
         size = check_shape(shape)
@@ -165,10 +179,8 @@ class Engine:
         dtype = dtypes.lookup(spec.dtype)
         if spec.initializer is None:
             raise SpecError("initializer", "missing (and no session default)")
-        if not 0 <= seed < 1 << 64:
+        if seed is not None and not 0 <= seed < 1 << 64:
             raise SpecError("seed", f"{seed} is not a uint64")
-        if seed == 0:  # GoMLX's NoSeed: pick one, and report it in the info
-            seed = rng.random_seed()
         plan = Plan.of(shape, tuple(spec.slice))
         recipe = initializers.resolve(spec.initializer, shape, dtype)
         if isinstance(recipe, Structured) and size > self.max_structured_elements:
@@ -185,13 +197,15 @@ class Engine:
             dtype=dtype.name,
             slice=() if plan.is_whole else tuple(zip(plan.start, plan.stop, strict=True)),
             byte_size=plan.size * dtype.itemsize,
-            seed=seed,
+            seed=0,
             generator=rng.GENERATOR,
             zero_reason=recipe.zero_reason if isinstance(recipe, Fill) else "",
-            sequence_index=sequence_index,
         )
-        key = key if key is not None else rng.variable_key(seed, spec.name)
-        return Prepared(spec, info, dtype, recipe, plan, key, affine)
+        prepared = Prepared(spec, info, dtype, recipe, plan, None, affine)
+        if seed is None:
+            return prepared
+        seed = seed or rng.random_seed()  # GoMLX's NoSeed: pick one, and report it in the info
+        return prepared.keyed(seed, rng.variable_key(seed, spec.name))
 
     @staticmethod
     def _affine(recipe: Uniform | Normal, dtype: DTypeInfo) -> sampling.Affine:
@@ -220,7 +234,10 @@ class Engine:
 
     # -- streaming ---------------------------------------------------------------------------
 
-    def stream(self, prepared: Prepared) -> Iterator[np.ndarray]:
+    def holding_bytes(self, prepared: Prepared, chunk_bytes: int) -> int:  # TEMPORARY until the engine branch lands
+        return (self.lookahead + 3) * kernels.CALL_ELEMENTS * 16 + 2 * chunk_bytes
+
+    def stream(self, prepared: Prepared, cancelled=None) -> Iterator[np.ndarray]:
         """The delivered tensor as consecutive flat arrays of its dtype (read-only; do not keep
         references longer than needed)."""
         recipe, dtype, plan = prepared.recipe, prepared.dtype, prepared.plan

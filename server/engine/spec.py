@@ -12,6 +12,16 @@ from typing import Any
 
 MAX_NAME_BYTES = 1024
 MAX_RANK = 32
+ECHO_CHARS = 64
+"""The most characters of a client's string that an error message or log line repeats."""
+
+
+def echo(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` quoted for a message, cut to `limit` characters with its full length stated: a client
+    string of any size (a 60 MB name) must not make a status undeliverable or a log line huge."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class SpecError(ValueError):
@@ -34,9 +44,13 @@ class SpecError(ValueError):
         if self.index is not None:
             where = f"variables[{self.index}]"
             if self.name is not None:
-                where += f" ({self.name!r})"
+                where += f" ({echo(self.name)})"
             where += ": "
         return f"{where}{self.field}: {self.message}"
+
+
+class Cancelled(Exception):  # noqa: N818 - TEMPORARY until the engine branch lands
+    """Work for a request whose client has gone was stopped."""
 
 
 @dataclass(frozen=True)

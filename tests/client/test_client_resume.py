@@ -9,13 +9,13 @@ from client_helpers import BreakingProxy, same_bytes
 
 from weightgen.client import Client, Variable, errors
 
-CHUNK = 16 << 10
+CHUNK = 64 << 10  # the smallest chunk a server sends
 VARIABLES = [
-    Variable("first", (64, 64), "he"),  # 16 KiB: one chunk
-    Variable("second", (128, 256), "random_uniform(min=-3, max=3)"),  # 128 KiB: 8 chunks
-    Variable("third", (96, 128), "glorot_normal", dtype="bfloat16"),  # 24 KiB
+    Variable("first", (128, 128), "he"),  # 64 KiB: one chunk
+    Variable("second", (256, 512), "random_uniform(min=-3, max=3)"),  # 512 KiB: 8 chunks
+    Variable("third", (192, 256), "glorot_normal", dtype="bfloat16"),  # 96 KiB
 ]
-TOTAL = 64 * 64 * 4 + 128 * 256 * 4 + 96 * 128 * 2
+TOTAL = 128 * 128 * 4 + 256 * 512 * 4 + 192 * 256 * 2
 
 
 class Recorder:
@@ -127,7 +127,7 @@ def test_retries_run_out_without_progress(server):
 
 def test_a_real_connection_drop_resumes(server):
     reference, _ = _fetch(server.address, VARIABLES, seed=4)
-    proxy = BreakingProxy(server.address, lambda n: 60_000 if n == 0 else None)
+    proxy = BreakingProxy(server.address, lambda n: 240_000 if n == 0 else None)
     try:
         hook = Recorder(cut_at=-1)  # records only
         resumed, progress = _fetch(proxy.address, VARIABLES, hook, seed=4)

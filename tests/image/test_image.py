@@ -195,7 +195,7 @@ def test_container_serves_fetches_and_drains(container):
     # against the engine run in this process.
     request = pb.MaterializeRequest(
         seed=SEED,
-        chunk_bytes=16 << 10,
+        chunk_bytes=64 << 10,  # the smallest: the larger tensors arrive in several chunks
         variables=[
             pb.VariableSpec(name=name, shape=shape, dtype=dtype, initializer=init)
             for name, shape, dtype, init, _ in VARIABLES

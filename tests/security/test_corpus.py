@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from service.helpers import TIMEOUT, assert_serves, init, var
+from service.helpers import TIMEOUT, assert_serves, init, quoted, var
 
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
@@ -84,7 +84,7 @@ def bad_variable(
             request.session_id = session(sessions)
         return request
 
-    return Case(id_, "Materialize", build, code, f"variables[1] ({variable.name!r}): {field}", covers)
+    return Case(id_, "Materialize", build, code, f"variables[1] ({quoted(variable.name)}): {field}", covers)
 
 
 def with_dtype(variable: pb.VariableSpec, number: int) -> pb.VariableSpec:

@@ -70,6 +70,15 @@ def fetch(stub, request: pb.MaterializeRequest) -> dict[int, Received]:
     return received
 
 
+ECHO_CHARS = 64
+
+
+def quoted(text: str) -> str:
+    """How the server repeats a client's string in a message (docs: at most 64 characters, with the
+    full length stated when cut), so a huge name cannot make a status undeliverable."""
+    return repr(text) if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]!r}... ({len(text)} characters)"
+
+
 def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
     """The RpcError that `call` raises (fails the test if it returns)."""
     try:

@@ -34,12 +34,13 @@ def test_chunk_sizes_give_the_same_tensor(stub, big_bytes, chunk_bytes):
 
 def test_interleaved_variables_each_in_offset_order(stub, engine):
     variables = [
-        var("a", [300, 100], init(random_uniform={})),
+        var("a", [300, 200], init(random_uniform={})),  # 240,000 bytes: four chunks
         var("empty", [0, 5], init(he={})),
         var("b", [7, 11, 13], init(glorot_normal={}), dtype=pb.DTYPE_FLOAT64),
         var("c", [1], init(constant={"value": 2.5})),
     ]
-    chunks = list(stub.Materialize(pb.MaterializeRequest(seed=4, variables=variables, chunk_bytes=4096), timeout=60))
+    request = pb.MaterializeRequest(seed=4, variables=variables, chunk_bytes=wire.MIN_CHUNK_BYTES)
+    chunks = list(stub.Materialize(request, timeout=60))
     received = collect(chunks)  # checks offsets, info, last and digest per variable
     for index, variable in enumerate(variables):
         got = received[index]
@@ -77,11 +78,13 @@ def test_resume_delivers_exactly_the_suffix(stub, big_bytes, resume):
 
 
 def test_resume_a_slice(stub, engine):
-    sliced = var("s", [64, 64], init(he={}), slice=[pb.Range(start=8, stop=40), pb.Range(start=3, stop=61)])
+    sliced = var("s", [512, 512], init(he={}), slice=[pb.Range(start=8, stop=400), pb.Range(start=3, stop=461)])
     whole = engine_bytes(engine, sliced, 2)
     resumed = pb.VariableSpec()
     resumed.CopyFrom(sliced)
-    resumed.resume_offset = 1001
-    got = collect(stub.Materialize(pb.MaterializeRequest(seed=2, variables=[resumed], chunk_bytes=512)))[0]
-    assert bytes(got.data) == whole[1001:] and got.digest == hashlib.sha256(whole).digest()
-    assert got.info.byte_size == len(whole) == 32 * 58 * 4
+    resumed.resume_offset = 100_001
+    request = pb.MaterializeRequest(seed=2, variables=[resumed], chunk_bytes=wire.MIN_CHUNK_BYTES)
+    got = collect(stub.Materialize(request))[0]
+    assert len(got.chunks) > 2
+    assert bytes(got.data) == whole[100_001:] and got.digest == hashlib.sha256(whole).digest()
+    assert got.info.byte_size == len(whole) == 392 * 458 * 4

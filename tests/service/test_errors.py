@@ -11,7 +11,7 @@ import pytest
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
 
-from .helpers import assert_serves, first_response_error, init, metric, var
+from .helpers import assert_serves, first_response_error, init, metric, quoted, var
 
 BAD = grpc.StatusCode.INVALID_ARGUMENT
 GOOD = var("good", [300, 200], init(random_normal={}))  # streamed first if validation did not come first
@@ -107,7 +107,7 @@ def test_invalid_variable(stub, bad, field):
     error = first_response_error(stub, request)
     assert error.code() == BAD, error
     details = error.details()
-    assert details.startswith(f"variables[1] ({bad.name!r}): "), details
+    assert details.startswith(f"variables[1] ({quoted(bad.name)}): "), details
     assert f": {field}" in details, details
     assert_serves(stub)
 

@@ -9,6 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from weightgen.v1 import weightgen_pb2 as pb
+from weightgen.v1 import wire
 
 from .helpers import fetch, init, metric, rpc_error, var
 
@@ -55,7 +56,7 @@ def test_metrics(server, stub):
         "opened": metric(server, "weightgen_requests_total", method="OpenSession", code="OK"),
         "listed": metric(server, "weightgen_requests_total", method="ListInitializers", code="OK"),
     }
-    fetch(stub, pb.MaterializeRequest(seed=1, variables=[variable], chunk_bytes=8192))
+    fetch(stub, pb.MaterializeRequest(seed=1, variables=[variable], chunk_bytes=wire.MIN_CHUNK_BYTES))
     assert metric(server, "weightgen_requests_total", **ok) == before["ok"] + 1
     assert metric(server, "weightgen_bytes_streamed_total") == before["bytes"] + size, "tensor bytes, not framing"
     assert metric(server, "weightgen_elements_streamed_total") == before["elements"] + 123 * 45

@@ -49,7 +49,7 @@ def _sequential_bytes(engine, variable: pb.VariableSpec, seed: int, position: in
         dtype=wire.dtype_name(variable.dtype or pb.DTYPE_FLOAT32),
         initializer=engine_initializer(variable.initializer),
     )
-    prepared = engine.prepare(spec, seed=seed, key=rng.sequential_key(seed, position))
+    prepared = engine.prepare(spec).keyed(seed, rng.sequential_key(seed, position), position)
     pieces = list(engine.stream(prepared))
     return np.concatenate(pieces).tobytes() if pieces else b""
 
