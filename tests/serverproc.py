@@ -80,13 +80,15 @@ def launch(
     env: dict[str, str] | None = None,
     wait_ready: bool = True,
     credentials=None,
+    python: str = sys.executable,
 ) -> RunningServer:
-    """Start `python -m weightgen.server` on a free loopback port and wait until it is SERVING."""
+    """Start `python -m weightgen.server` on a free loopback port and wait until it is SERVING.
+    `python` may be another checkout's interpreter (benchmarks compare a change with its parent)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / f"ports-{time.monotonic_ns()}.json"
     log_path = workdir / f"server-{time.monotonic_ns()}.log"
     args = [
-        sys.executable,
+        python,
         "-m",
         "weightgen.server",
         "--host",
