@@ -25,6 +25,13 @@ class Config:
     metrics_port: int = field(
         default=9090, metadata={"help": "Prometheus /metrics port; 0 disables, -1 picks a free one"}
     )
+    metrics_threads: int = field(
+        default=4,
+        metadata={
+            "help": "threads that answer /metrics, whatever the number of connections; connections that find "
+            "them all busy and the small queue full are closed at once"
+        },
+    )
     port_file: str = field(default="", metadata={"help": "write the bound gRPC and metrics ports here as JSON"})
     devices: str = field(
         default="auto",
@@ -57,6 +64,13 @@ class Config:
         default=2, metadata={"help": "requests parsed and planned at once (CPU-bound; the rest queue)"}
     )
     max_sessions: int = field(default=10_000, metadata={"help": "open sessions"})
+    max_health_watchers: int = field(
+        default=256, metadata={"help": "health Watch streams open at once (Check is not limited)"}
+    )
+    max_reflection_streams: int = field(default=16, metadata={"help": "server reflection streams open at once"})
+    reflection_idle_seconds: float = field(
+        default=60.0, metadata={"help": "a reflection stream that sends no request for this long is closed"}
+    )
     max_structured_elements: int = field(
         default=1 << 24, metadata={"help": "elements of a whole-tensor initializer (orthogonal, identity, dirac)"}
     )
@@ -177,6 +191,10 @@ def validate(config: Config) -> None:
         "keepalive_seconds",
         "keepalive_timeout_seconds",
         "connection_idle_seconds",
+        "metrics_threads",
+        "max_health_watchers",
+        "max_reflection_streams",
+        "reflection_idle_seconds",
     ):
         if getattr(config, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be positive")
