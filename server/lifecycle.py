@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
 from weightgen.server import engine as eng
+from weightgen.server import probes
 from weightgen.server.admission import Admission, MemoryBudget, default_budget, memory_limit
 from weightgen.server.auth import BearerAuth, load_tokens
 from weightgen.server.config import Config
@@ -59,7 +59,7 @@ class Server:
         self.metrics = Metrics.create()
         self.port = 0
         self.metrics_port = 0
-        self.health = health.aio.HealthServicer()
+        self.health = probes.HealthServicer(config.max_health_watchers)
         self.exit_code = 0
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
@@ -101,9 +101,13 @@ class Server:
             interceptors=interceptors, options=grpc_options(c), compression=grpc.Compression.NoCompression
         )
         self.server.add_generic_rpc_handlers((handlers(self.service),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server
+        probes.install(
+            self.server,
+            (SERVICE,),
+            max_reflection_streams=c.max_reflection_streams,
+            reflection_idle_seconds=c.reflection_idle_seconds,
+            health_servicer=self.health,
+            metrics=self.metrics,
         )
         address = f"{c.host}:{c.port}" if ":" not in c.host else f"[{c.host.strip('[]')}]:{c.port}"
         if c.tls_cert:
@@ -122,7 +126,9 @@ class Server:
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
         if c.metrics_port:
-            self.metrics_port = self.metrics.serve(c.host.strip("[]"), max(0, c.metrics_port))
+            self.metrics_port = self.metrics.serve(
+                c.host.strip("[]"), max(0, c.metrics_port), threads=c.metrics_threads
+            )
         if c.port_file:
             Path(c.port_file).write_text(json.dumps({"port": self.port, "metrics_port": self.metrics_port}))
         log.info(
