@@ -8,11 +8,16 @@ With the channels-last preset (in = -2, out = -1) this is GoMLX's ``computeFanIn
 JAX's ``_compute_fans``; the channels-first preset (in = 1, out = 0) is PyTorch's
 ``_calculate_fan_in_and_fan_out``. Rank 0 gives (1, 1) and rank 1 gives (d, d) (Keras's
 convention); the fan-based initializers never use them, since they return zeros for rank <= 1.
+
+Fans are exact integers made floats. Only a zero-size tensor can have fans beyond the largest float
+(a dimension 0 beside dimensions of 2^62): they become inf, so the variance is 0, which no element
+ever shows.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 from .spec import FanAxes, SpecError
@@ -34,8 +39,14 @@ class Fans:
         if mode == "fan_avg":
             return (self.fan_in + self.fan_out) / 2
         if mode == "fan_geo_avg":
-            return math.sqrt(self.fan_in * self.fan_out)
+            # 0 * inf is NaN, but the integer fans' product is 0.
+            return 0.0 if 0 in (self.fan_in, self.fan_out) else math.sqrt(self.fan_in * self.fan_out)
         raise ValueError(f"unknown fan mode {mode!r}")
+
+
+def _float(count: int) -> float:
+    """`count` as a float: math.inf when it exceeds the largest float (float() raises there)."""
+    return float(count) if count <= sys.float_info.max else math.inf
 
 
 def _normalise(axes: tuple[int, ...], rank: int, what: str) -> tuple[int, ...]:
@@ -72,9 +83,9 @@ def compute_fans(shape: tuple[int, ...], axes: FanAxes = CHANNELS_LAST) -> Fans:
     if rank == 0:
         return Fans(1.0, 1.0)
     if rank == 1:
-        return Fans(float(shape[0]), float(shape[0]))
+        return Fans(_float(shape[0]), _float(shape[0]))
     ins, outs, batch = resolve_axes(shape, axes)
     receptive = math.prod(d for i, d in enumerate(shape) if i not in ins and i not in outs and i not in batch)
     fan_in = math.prod(shape[i] for i in ins) * receptive
     fan_out = math.prod(shape[i] for i in outs) * receptive
-    return Fans(float(fan_in), float(fan_out))
+    return Fans(_float(fan_in), _float(fan_out))

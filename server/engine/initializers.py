@@ -213,7 +213,8 @@ def _fan_case(name: str, formula: str, scale: float, mode: str, distribution: st
     """Register a named case of variance_scaling; a `gain` parameter multiplies the scale by gain^2."""
 
     def resolve(p: dict[str, Any], ctx: Context) -> Recipe:
-        return variance_scaling(scale * p.get("gain", 1.0) ** 2, mode, distribution, ctx.fans)
+        g = p.get("gain", 1.0)
+        return variance_scaling(scale * g * g, mode, distribution, ctx.fans)  # g ** 2 raises OverflowError
 
     _define(name, formula, *extra, fan_based=True)(resolve)
 
