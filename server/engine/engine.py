@@ -25,17 +25,13 @@ import numpy as np
 from . import dtypes, initializers, kernels, rng, sampling, structured
 from .dtypes import DTypeInfo, Kind
 from .initializers import Broadcast, Fill, Normal, Recipe, Structured, Uniform
-from .plan import Piece, Plan
-from .spec import MAX_NAME_BYTES, MAX_RANK, Initializer, SpecError, VariableSpec
+from .plan import Piece, Plan, check_shape
+from .spec import MAX_NAME_BYTES, Initializer, SpecError, VariableSpec
 from .workers import Job, WorkerPool, float_bits
 
 SELF_CHECK_UNIFORM = "ea43004999aa1690e37764b825802126221fab27182bed7cfa21f4b09cfd3d20"
 SELF_CHECK_NORMAL = "c63b34b5ab36d99c77a02ae70f2d374535ab01079a638133c16920a0c98bae95"
 """SHA-256 of 4096 float32 values of "weightgen/self-check", seed 1 (uniform [0, 1); normal std 1)."""
-
-MAX_ELEMENTS = rng.MAX_BLOCKS * rng.BLOCK_ELEMENTS
-"""The contract's largest variable: block indices are 32-bit."""
-
 
 class LimitError(SpecError):
     """A valid spec beyond a configured limit (the service's RESOURCE_EXHAUSTED); `limit` names the
@@ -98,21 +94,6 @@ class Prepared:
         if isinstance(self.recipe, Uniform | Normal):
             return True
         return isinstance(self.recipe, Structured) and self.recipe.kind in structured.RANDOM_KINDS
-
-
-def check_shape(shape: tuple[int, ...]) -> int:
-    """The element count of a valid shape; SpecError otherwise. Cheap whatever the dims say."""
-    if len(shape) > MAX_RANK:
-        raise SpecError("shape", f"rank {len(shape)} exceeds {MAX_RANK}")
-    for axis, d in enumerate(shape):
-        if d < 0:
-            raise SpecError(f"shape[{axis}]", f"dimension {d} is negative")
-    size = 1
-    for d in shape:
-        size *= d
-    if size > MAX_ELEMENTS:
-        raise SpecError("shape", f"{list(shape)} has {size} elements, more than weightgen/1 allows ({MAX_ELEMENTS})")
-    return size
 
 
 def validate_name(name: str) -> None:
@@ -242,14 +223,15 @@ class Engine:
         references longer than needed)."""
         recipe, dtype, plan = prepared.recipe, prepared.dtype, prepared.plan
         if plan.size == 0:
-            return iter(())
+            return
         if isinstance(recipe, Fill):
-            return self._fill(recipe, dtype, plan)
-        if isinstance(recipe, Uniform | Normal):
-            return self._random(prepared.key, prepared.affine, dtype, plan)
-        if isinstance(recipe, Broadcast):
-            return _array_pieces(np.broadcast_to(recipe.base, plan.shape), plan)
-        return _array_pieces(self._structured(prepared, recipe), plan)
+            yield from self._fill(recipe, dtype, plan)
+        elif isinstance(recipe, Uniform | Normal):
+            yield from self._random(prepared.key, prepared.affine, dtype, plan)
+        elif isinstance(recipe, Broadcast):
+            yield from self._broadcast(recipe, dtype, plan)
+        else:
+            yield from _array_pieces(self._structured(prepared, recipe), plan)
 
     def generate(self, spec: VariableSpec, *, seed: int) -> np.ndarray:
         """The whole delivered tensor as one array (a convenience for tests and benchmarks)."""
@@ -268,6 +250,12 @@ class Engine:
         for at in range(0, plan.size, buffer.size):
             yield buffer[: min(buffer.size, plan.size - at)]
 
+    def _broadcast(self, recipe: Broadcast, dtype: DTypeInfo, plan: Plan) -> Iterator[np.ndarray]:
+        """Each piece gathered from the flat base and converted on its own: a widening (uint8 to
+        complex128: 16x) never exists for more than a piece."""
+        for piece in _pieces(plan):
+            yield initializers.convert(piece.take(recipe.base), recipe.source, dtype)
+
     def _random(self, key: rng.Key, affine: sampling.Affine, dtype: DTypeInfo, plan: Plan) -> Iterator[np.ndarray]:
         yield from (dtypes.cast_final(v, dtype) for v in self._random_values(key, affine, dtype, plan))
 
@@ -276,7 +264,7 @@ class Engine:
     ) -> Iterator[np.ndarray]:
         block = rng.BLOCK_ELEMENTS
         parts = 2 if dtype.kind is Kind.COMPLEX else 1
-        pieces = plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS)
+        pieces = _pieces(plan)
         pending: deque[tuple[Piece, list[tuple[Job, Future[np.ndarray]]]]] = deque()
 
         total_blocks = -(-math.prod(plan.shape) // block)
@@ -316,6 +304,12 @@ class Engine:
 
         spec = prepared.spec
         return structured.build(recipe.kind, recipe.params, prepared.plan.shape, dtype, spec.initializer.fan_axes, draw)
+
+
+def _pieces(plan: Plan) -> Iterator[Piece]:
+    """The delivered elements as pieces of at most one kernel call each, cut at call windows: the
+    one way every recipe walks a plan, slices included."""
+    return plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS)
 
 
 def _largest_magnitude(recipe: Uniform | Normal, affine: sampling.Affine, precision: str) -> float:

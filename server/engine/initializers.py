@@ -28,6 +28,7 @@ import numpy as np
 from . import dtypes
 from .dtypes import DTypeInfo, Kind
 from .fans import Fans, compute_fans
+from .plan import check_shape
 from .spec import BaseTensor, FanAxes, Initializer, SpecError
 
 TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
@@ -71,12 +72,15 @@ class Structured:
     params: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Broadcast:
-    """GoMLX's BroadcastTensorToShape: `base`, converted to the variable's dtype, repeated over
-    the leading axes."""
+    """GoMLX's BroadcastTensorToShape: `base` repeated over the leading axes. A suffix repeated
+    over leading axes in C order is a tiling, so the variable's flat element i is
+    ``convert(base[i % base.size])``; `base` is kept flat in its own dtype `source` and converted
+    a piece at a time (`convert`)."""
 
-    base: np.ndarray
+    base: np.ndarray  # flat, read-only
+    source: DTypeInfo
 
 
 Recipe = Fill | Uniform | Normal | Structured | Broadcast
@@ -363,7 +367,7 @@ _define(
     random=False,
 )
 def _broadcast(p, ctx):
-    return Broadcast(broadcast_base(p["base"], ctx.shape, ctx.dtype))
+    return broadcast_base(p["base"], ctx.shape, ctx.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,49 +394,66 @@ def representable(value: complex, dtype: DTypeInfo, path: str) -> complex:
     return value
 
 
-def broadcast_base(base: BaseTensor, shape: tuple[int, ...], dtype: DTypeInfo) -> np.ndarray:
-    """GoMLX's BroadcastTensorToShape rules: convert, then equal shapes or a strict suffix."""
+def broadcast_base(base: BaseTensor, shape: tuple[int, ...], dtype: DTypeInfo) -> Broadcast:
+    """GoMLX's BroadcastTensorToShape rules: a base shaped like a variable (`check_shape`), the
+    variable's shape or a strict suffix of it, whose values all convert to `dtype` (`check_conversion`).
+
+    The base stays flat in its own dtype (a view of the request's bytes on a little-endian host):
+    no array of its shape, which may be zero-size with huge dimensions, and no converted copy."""
     path = "initializer.broadcast.base"
     if base.dtype not in dtypes.DTYPES:
         raise SpecError(f"{path}.dtype", f"unknown dtype {base.dtype!r}")
     source = dtypes.lookup(base.dtype)
-    if any(d < 0 for d in base.shape):
-        raise SpecError(f"{path}.shape", f"negative dimension in {list(base.shape)}")
-    expected = math.prod(base.shape) * source.itemsize
+    bshape, vshape = tuple(int(d) for d in base.shape), tuple(shape)
+    try:
+        size = check_shape(bshape)
+    except SpecError as error:  # the variable's rules, reported at the base's field
+        raise SpecError(f"{path}.shape", f"base {error.field}: {error.message}") from None
+    expected = size * source.itemsize
     if len(base.data) != expected:
-        raise SpecError(
-            f"{path}.data", f"{len(base.data)} bytes, but {source.name} {list(base.shape)} needs {expected}"
-        )
-    array = np.frombuffer(base.data, source.numpy.newbyteorder("<")).astype(source.numpy).reshape(base.shape)
-    bshape, vshape = tuple(base.shape), tuple(shape)
+        raise SpecError(f"{path}.data", f"{len(base.data)} bytes, but {source.name} {list(bshape)} needs {expected}")
     if bshape != vshape and not (len(bshape) < len(vshape) and vshape[len(vshape) - len(bshape) :] == bshape):
         raise SpecError(
             f"{path}.shape",
             f"base shape {list(bshape)} is neither the variable's shape {list(vshape)} nor a suffix of it "
             "(no size-1 broadcasting)",
         )
-    return convert(array, dtype, f"{path}.data")
+    flat = np.frombuffer(base.data, source.numpy.newbyteorder("<")).astype(source.numpy, copy=False)
+    check_conversion(flat, source, dtype, f"{path}.data")
+    return Broadcast(flat, source)
 
 
-def convert(array: np.ndarray, dtype: DTypeInfo, path: str) -> np.ndarray:
-    """GoMLX's ConvertDType: float to integer truncates toward zero, non-zero to bool is true;
-    refuses values the target cannot hold (NaN/inf or out of range for integers, imaginary parts
-    for real dtypes) instead of wrapping or clamping them."""
-    if array.dtype.kind == "c" and dtype.kind is not Kind.COMPLEX:
-        if np.any(array.imag != 0):
+def check_conversion(values: np.ndarray, source: DTypeInfo, dtype: DTypeInfo, path: str) -> None:
+    """Refuse values of dtype `source` that `convert` cannot turn into `dtype` without wrapping or
+    clamping: imaginary parts for real dtypes, NaN/inf or values outside the range (after
+    truncation) for integer dtypes. Allocates at most boolean temporaries of the values' size:
+    truncation is monotonic, so the truncated values' extremes are the truncated extremes."""
+    if source.kind is Kind.COMPLEX and dtype.kind is not Kind.COMPLEX:
+        if np.any(values.imag != 0):
             raise SpecError(path, f"complex values with imaginary parts cannot become {dtype.name}")
-        array = array.real
-    if dtype.kind in (Kind.INT, Kind.UINT) and array.dtype.kind in "fc":
-        if not np.all(np.isfinite(array)):
-            raise SpecError(path, f"non-finite values cannot become {dtype.name}")
-        array = np.trunc(array)
-    if dtype.kind in (Kind.INT, Kind.UINT) and array.size:
-        info = np.iinfo(dtype.numpy)
-        low, high = array.min(), array.max()
-        if low < info.min or high > info.max:
-            raise SpecError(path, f"values in [{low}, {high}] do not fit {dtype.name}")
-    # reshape: np.ascontiguousarray makes a 0-d (scalar) base 1-d, which no longer broadcasts to shape ().
-    return np.ascontiguousarray(array.astype(dtype.numpy)).reshape(array.shape)
+        values = values.real  # a view
+    if dtype.kind not in (Kind.INT, Kind.UINT) or not values.size:
+        return
+    if source.is_inexact and not np.all(np.isfinite(values)):
+        raise SpecError(path, f"non-finite values cannot become {dtype.name}")
+    low, high = values.min(), values.max()
+    # As Python ints the comparison is exact (float64(2**64) > 2**64 - 1 is False in numpy); int()
+    # of a float truncates toward zero, as `convert` does.
+    info = np.iinfo(dtype.numpy)
+    if int(low) < info.min or int(high) > info.max:
+        raise SpecError(path, f"values in [{low}, {high}] do not fit {dtype.name}")
+
+
+def convert(values: np.ndarray, source: DTypeInfo, dtype: DTypeInfo) -> np.ndarray:
+    """GoMLX's ConvertDType of values `check_conversion` accepted, as a new array of `dtype`:
+    complex to real keeps the real part, float to integer truncates toward zero, non-zero to bool
+    is true, floats round to nearest even. Elementwise, so converting a piece at a time gives the
+    bytes that converting the whole base would."""
+    if source.kind is Kind.COMPLEX and dtype.kind is not Kind.COMPLEX:
+        values = values.real
+    if dtype.kind in (Kind.INT, Kind.UINT) and source.is_inexact:
+        values = np.trunc(values)
+    return values.astype(dtype.numpy)
 
 
 # ---------------------------------------------------------------------------------------------

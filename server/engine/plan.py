@@ -1,4 +1,5 @@
-"""A variable's requested hyperslab as flat element runs, and the blocks those runs need.
+"""Shapes: which ones are valid (`check_shape`), a variable's requested hyperslab as flat element
+runs, and the blocks those runs need.
 
 A hyperslab of a row-major tensor is a sequence of equal-length runs of consecutive flat indices,
 in increasing order: the trailing axes that the slice covers whole merge into one run with the
@@ -13,9 +14,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .spec import SpecError
+from . import rng
+from .spec import MAX_RANK, SpecError
 
 MAX_RUNS_PER_PIECE = 4096
+
+MAX_ELEMENTS = rng.MAX_BLOCKS * rng.BLOCK_ELEMENTS
+"""The contract's largest variable: block indices are 32-bit."""
+
+
+def check_shape(shape: tuple[int, ...]) -> int:
+    """The element count of a valid shape (rank <= MAX_RANK, no negative dimension, at most
+    MAX_ELEMENTS elements); SpecError otherwise. Cheap whatever the dims say: nothing is allocated,
+    and a zero-size shape may have dimensions of any size."""
+    if len(shape) > MAX_RANK:
+        raise SpecError("shape", f"rank {len(shape)} exceeds {MAX_RANK}")
+    for axis, d in enumerate(shape):
+        if d < 0:
+            raise SpecError(f"shape[{axis}]", f"dimension {d} is negative")
+    size = 1
+    for d in shape:
+        size *= d
+    if size > MAX_ELEMENTS:
+        raise SpecError("shape", f"{list(shape)} has {size} elements, more than weightgen/1 allows ({MAX_ELEMENTS})")
+    return size
 
 
 @dataclass(frozen=True)
@@ -28,6 +50,27 @@ class Piece:
     @property
     def size(self) -> int:
         return int(self.starts.size) * self.length
+
+    def take(self, flat: np.ndarray) -> np.ndarray:
+        """The piece's elements of a tensor whose flat element i is ``flat[i % flat.size]``: a
+        tensor held whole (`flat` is all of it) or a base tiled over leading axes (broadcast).
+
+        One run is a view when it does not wrap, else copies of the base's parts (at most
+        ``length + 2 * flat.size`` elements when the base is shorter than the run). Several runs
+        are a gather, whose index array (int64, one per element) is the only temporary."""
+        n = flat.size
+        if self.starts.size == 1:
+            at = int(self.starts[0]) % n
+            if at + self.length <= n:
+                return flat[at : at + self.length]
+            if n >= self.length:  # the base's tail, then its head
+                return np.concatenate([flat[at:], flat[: at + self.length - n]])
+            return np.tile(flat, -(-(at + self.length) // n))[at : at + self.length]
+        first = self.starts % n
+        index = first[:, None] + np.arange(self.length, dtype=np.int64)[None, :]
+        if int(first.max()) + self.length > n:  # some run wraps around the base
+            index %= n
+        return flat[index.ravel()]
 
     def block_ranges(self, block: int) -> list[tuple[int, int]]:
         """Half-open ranges of block indices the runs touch, merged and in order."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from engine_helpers import base_tensor, spec
 
-from weightgen.server.engine import BaseTensor, SpecError
+from weightgen.server.engine import BaseTensor, SpecError, kernels
 
 SEED = 5
 BASE = base_tensor([7, 11, 17], "float64")  # GoMLX's base: a float64 tensor of shape [3]
@@ -91,3 +93,26 @@ def test_missing_base(engine) -> None:
     with pytest.raises(SpecError) as error:
         engine.prepare(spec("broadcast", (4, 3)), seed=SEED)
     assert error.value.field == "initializer.broadcast.base"
+
+
+def test_widening_is_converted_a_piece_at_a_time(engine) -> None:
+    """A uint8 base of 8 Mi elements into complex128 (16x wider): the converted base would be
+    128 MiB and the tensor 256 MiB; streaming holds a few pieces (4 MiB each) at most."""
+    n = 8 << 20
+    values = np.arange(n, dtype=np.uint8)
+    variable = spec("broadcast", (2, n), "complex128", base=BaseTensor("uint8", (n,), values.tobytes()))
+    piece_bytes = kernels.CALL_ELEMENTS * 16
+    tracemalloc.start()
+    try:
+        prepared = engine.prepare(variable, seed=SEED)
+        at = 0
+        for piece in engine.stream(prepared):
+            assert piece.dtype == np.complex128 and piece.size <= kernels.CALL_ELEMENTS
+            if at % n == 0 or at % n + piece.size == n:  # spot checks: a piece at each end of the base
+                np.testing.assert_array_equal(piece, values[at % n : at % n + piece.size])
+            at += piece.size
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert at == 2 * n
+    assert peak <= 4 * piece_bytes, f"peak {peak / 2**20:.1f} MiB"

@@ -57,3 +57,26 @@ def test_calls_that_a_run_crosses_between_are_adjacent(slice_):
         for b, _ in calls[1:]:
             crossing = any(s // B < b <= (s + piece.length - 1) // B for s in piece.starts)
             assert not crossing or b in ends
+
+
+@pytest.mark.parametrize(
+    ("base_shape", "shape", "slice_"),
+    [
+        ((5,), (300_000, 5), ()),  # a base shorter than a piece: tiled
+        ((3,), (7, 3), ()),
+        ((), (4, 4), ()),  # a scalar
+        ((300_001,), (3, 300_001), ()),  # a base longer than a piece: pieces wrap across its end
+        ((300_001,), (3, 300_001), ((1, 3), (5, 300_000))),  # long runs, cut at windows
+        ((6, 7), (9, 6, 7), ((2, 8), (1, 5), (3, 6))),  # short runs, several per piece
+        ((6, 7), (9, 6, 7), ((4, 5), (0, 6), (0, 7))),
+        ((2, 3, 4), (2, 3, 4), ((0, 2), (1, 2), (0, 4))),  # equal shapes: no wrap
+    ],
+)
+def test_take_is_the_broadcast_tensor(base_shape, shape, slice_):
+    """Piece.take over the plan's pieces, concatenated, is numpy's broadcast tensor sliced."""
+    base = np.arange(int(np.prod(base_shape)), dtype=np.int64).reshape(base_shape)
+    plan = Plan.of(shape, slice_)
+    pieces = [piece.take(base.reshape(-1)) for piece in plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS)]
+    assert max(p.size for p in pieces) <= kernels.CALL_ELEMENTS
+    expected = np.broadcast_to(base, shape)[tuple(slice(a, b) for a, b in slice_)]
+    np.testing.assert_array_equal(np.concatenate(pieces), expected.reshape(-1))
