@@ -411,6 +411,18 @@ VARIABLE_CASES = [
         "Tensor.data",
     ),
     bad_variable(
+        "broadcast base of rank 70 into a rank-20 variable",
+        var("w", [1] * 20, base(F32, [1] * 70, bytes(4))),
+        "initializer.broadcast.base.shape",
+        "Tensor.shape",
+    ),
+    bad_variable(
+        "broadcast base past weightgen/1's elements",
+        var("w", [2**62, 2**62], base(pb.DTYPE_UINT8, [2**62, 2**62], b"")),
+        "shape",
+        "Tensor.shape",
+    ),
+    bad_variable(
         "broadcast base values do not fit int8",
         var("w", [2, 2], base(pb.DTYPE_INT32, [2], (300).to_bytes(4, "little") * 2), dtype=pb.DTYPE_INT8),
         "initializer.broadcast.base.data",
@@ -800,6 +812,38 @@ def test_every_field_is_covered():
     wanted = {f"{m.DESCRIPTOR.name}.{f.name}" for m in MESSAGES for f in m.DESCRIPTOR.fields} - NO_INVALID_VALUE
     wanted -= {f"Initializer.{k.name}" for k in kinds if not k.message_type.fields and k.name != "he"}
     assert wanted <= covered, sorted(wanted - covered)
+
+
+# Extreme but valid: zero-size tensors whose other dims are huge (fans beyond the largest float,
+# shapes numpy cannot allocate even empty). Each gets one chunk: info, no data, last.
+FAN_BASED = [
+    "he",
+    "he_normal",
+    "glorot_uniform",
+    "xavier_normal",
+    "lecun_uniform",
+    "variance_scaling",
+    "kaiming_normal",
+]
+EXTREME_VALID = [
+    *[(f"{kind} on [2^62]*17 + [0, 1]", var("w", [2**62] * 17 + [0, 1], init(**{kind: {}}))) for kind in FAN_BASED],
+    (
+        "broadcast [0, 2^62, 2^62] into itself",
+        var("w", [0, 2**62, 2**62], base(pb.DTYPE_UINT8, [0, 2**62, 2**62], b"")),
+    ),
+    ("orthogonal [2^62, 0]", var("w", [2**62, 0], init(orthogonal={}))),
+    ("rank 32 zero-size", var("w", [2**63 - 1] * 31 + [0], init(random_uniform={}))),
+]
+
+
+@pytest.mark.parametrize("variable", [v for _, v in EXTREME_VALID], ids=[i for i, _ in EXTREME_VALID])
+def test_extreme_but_valid(stub, variable):
+    chunks = list(stub.Materialize(pb.MaterializeRequest(seed=1, variables=[variable]), timeout=TIMEOUT))
+    assert len(chunks) == 1, len(chunks)
+    (only,) = chunks
+    assert only.last and only.data == b"" and only.info.byte_size == 0
+    assert list(only.info.shape) == list(variable.shape)
+    assert_serves(stub)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

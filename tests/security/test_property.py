@@ -3,12 +3,13 @@ digests verify, or a clean error (INVALID_ARGUMENT, RESOURCE_EXHAUSTED or NOT_FO
 before any data; and the server stays healthy.
 
 The specs are random protos: names (empty, unicode, over-long, duplicated), shapes (zero, negative,
-huge, rank 33), dtype numbers (known and unknown), every initializer kind with random parameters
-(NaN, inf, negative, unknown enum numbers, broadcast bases of right and wrong sizes), fan axes,
-slices (valid, reversed, out of range, wrong rank), seeds, resume offsets and chunk sizes. What a
-valid request generates stays small (at most CAP elements, or a small slice of a huge tensor), so
-the run is quick: WEIGHTGEN_PROPERTY_EXAMPLES sets the number of examples (100 in `make test`; `make soak`
-runs 2,000).
+huge, rank 33 to 70, zero-size with dims up to 2^63 - 1), dtype numbers (known and unknown), every
+initializer kind with random parameters (NaN, inf, negative, unknown enum numbers, broadcast bases of
+right and wrong sizes, of rank up to 70, zero-size with huge dims), fan axes, slices (valid,
+reversed, out of range, wrong rank), seeds, resume offsets and chunk sizes. No answer is ever
+INTERNAL, and the server process stays alive after every example. What a valid request generates
+stays small (at most CAP elements, or a small slice of a huge tensor), so the run is quick:
+WEIGHTGEN_PROPERTY_EXAMPLES sets the number of examples (100 in `make test`; `make soak` runs 2,000).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from weightgen.v1 import weightgen_pb2_grpc, wire
 
 EXAMPLES = int(os.environ.get("WEIGHTGEN_PROPERTY_EXAMPLES", "100"))
 CAP = 200_000  # elements a valid variable may generate in full
-SMALL_CHUNK_CAP = 256  # ... when the chunks are tiny (one gRPC message per few bytes)
 EXPECTED_ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -91,8 +91,8 @@ def _negative(shape_index_value) -> list[int]:
 def shapes(draw, cap: int, clean: bool) -> tuple[list[int], str]:
     """(shape, category): small (generated in full), sliced (huge, only a small slice may be
     valid), or invalid (a negative dim, rank 33, past the limits)."""
-    good = st.sampled_from(["small", "small", "small", "sliced"])
-    wild = st.sampled_from(["small", "sliced", "negative", "huge", "over_limit", "rank"])
+    good = st.sampled_from(["small", "small", "small", "sliced", "zero_size"])
+    wild = st.sampled_from(["small", "sliced", "negative", "huge", "over_limit", "rank", "zero_size"])
     category = pick(draw, clean, good, wild)
     if category == "small":
         shape = draw(st.lists(st.integers(0, 64), max_size=4).map(lambda s: _clamp(s, cap)))
@@ -113,8 +113,11 @@ def shapes(draw, cap: int, clean: bool) -> tuple[list[int], str]:
     elif category == "over_limit":
         shape = draw(st.lists(st.integers((1 << 17) + 1, 1 << 20), min_size=2, max_size=2))
         assert DEFAULT_LIMIT < _prod(shape) <= MAX_ELEMENTS
-    else:
-        shape = [1] * 33
+    elif category == "zero_size":  # valid: no elements, however huge the other dims (fans overflow floats)
+        dims = st.lists(st.sampled_from([1, 7, 1 << 31, 2**62, 2**63 - 1]), min_size=0, max_size=31)
+        shape = draw(st.tuples(dims, st.integers(0, 31)).map(lambda d: [*d[0][: d[1]], 0, *d[0][d[1] :]][:32]))
+    else:  # rank past the limit, and past numpy's own 64
+        shape = [1] * draw(st.sampled_from([33, 64, 65, 70]))
     return shape, category
 
 
@@ -165,7 +168,13 @@ def tensors(draw, shape: list[int], clean: bool) -> pb.Tensor:
     if shape and all(d >= 0 for d in shape) and pick(draw, clean, st.just(True), st.booleans()):
         base_shape = list(shape[draw(st.integers(0, len(shape) - 1)) :])
     else:
-        base_shape = draw(st.lists(st.integers(-1, 6), max_size=3))
+        base_shape = draw(
+            st.one_of(
+                st.lists(st.integers(-1, 6), max_size=3),
+                st.lists(st.just(1), min_size=33, max_size=70),  # rank past the limit
+                st.just([0, 2**62, 2**62]),  # zero-size with dims numpy cannot allocate
+            )
+        )
     if _prod(base_shape) > CAP or min(base_shape, default=0) < 0:
         size = draw(st.integers(0, 64))
     else:
@@ -238,16 +247,16 @@ def requests(draw) -> pb.MaterializeRequest:
     chunk_bytes = pick(
         draw,
         clean,
-        st.one_of(st.just(0), st.integers(4096, wire.MAX_CHUNK_BYTES), st.integers(1, 100)),
+        st.one_of(st.just(0), st.integers(wire.MIN_CHUNK_BYTES, wire.MAX_CHUNK_BYTES)),
         st.one_of(
             st.just(0),
-            st.integers(1, 100),
-            st.integers(4096, wire.MAX_CHUNK_BYTES),
+            st.integers(1, wire.MIN_CHUNK_BYTES - 1),
+            st.integers(wire.MIN_CHUNK_BYTES, wire.MAX_CHUNK_BYTES),
             st.integers(wire.MAX_CHUNK_BYTES + 1, 2**32 - 1),
         ),
     )
     count = pick(draw, clean, st.integers(1, 3), st.sampled_from([1, 2, 3, 1, 0]))
-    cap = (SMALL_CHUNK_CAP if chunk_bytes < 4096 and chunk_bytes else CAP) // max(1, count)
+    cap = CAP // max(1, count)
     request = pb.MaterializeRequest(
         seed=draw(st.integers(0, 2**64 - 1)),
         chunk_bytes=chunk_bytes,
@@ -269,7 +278,7 @@ def obviously_invalid(request: pb.MaterializeRequest) -> str | None:
     must refuse it); None when these rules find nothing (it may still be invalid)."""
     if not request.variables:
         return "empty batch"
-    if request.chunk_bytes > wire.MAX_CHUNK_BYTES:
+    if request.chunk_bytes and not wire.MIN_CHUNK_BYTES <= request.chunk_bytes <= wire.MAX_CHUNK_BYTES:
         return "chunk_bytes"
     if request.session_id:
         return "unknown session"
@@ -366,13 +375,15 @@ def materialize(server):
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 @given(request=requests())
-def test_random_requests(materialize, request):
+def test_random_requests(server, materialize, request):
     messages = []
     try:
         for raw in materialize(request, timeout=120):
             messages.append(raw)
     except grpc.RpcError as error:
+        assert server.proc.poll() is None, f"the server died: {server.log()[-2000:]}"
         assert error.code() in EXPECTED_ERRORS, (error.code(), error.details())
+        assert len(error.details()) <= 1024, "a status message stays small"
         assert error.details(), "an error without a message"
         assert not messages, f"{error.code()} after {len(messages)} chunks: errors come before any data"
         event(f"answer: {error.code().name}")
