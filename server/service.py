@@ -13,6 +13,7 @@ call stops all its work: every stage checks the ticket's cancellation flag.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -213,7 +214,9 @@ class WeightGenService:
                         call.fields["bytes"] += sent
                 finally:
                     if not outgoing.done:
-                        self._executor.submit(outgoing.close)
+                        # On a thread: a `next` in progress holds the stream until it returns.
+                        with contextlib.suppress(RuntimeError):  # the executor is gone at shutdown
+                            self._executor.submit(outgoing.close)
                 self.metrics.variables_streamed.inc()
                 self.metrics.elements_streamed.inc(prepared.plan.size)
                 self.metrics.generation_seconds.observe(time.perf_counter() - t0)
