@@ -23,7 +23,7 @@ from google.protobuf import timestamp_pb2
 
 from weightgen.server import catalogue, seeds, validate
 from weightgen.server import engine as eng
-from weightgen.server.admission import PER_VARIABLE_BYTES, Admission, Ticket
+from weightgen.server.admission import PARSE_FACTOR, PER_VARIABLE_BYTES, Admission, Ticket
 from weightgen.server.config import Config
 from weightgen.server.digests import DigestBoard
 from weightgen.server.encode import ChunkEncoder, Outgoing
@@ -110,6 +110,14 @@ class WeightGenService:
 
     async def _offload(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _parse(self, message_type, raw: bytes):
+        """A unary RPC's request, parsed off the loop once the budget has room for parsing it."""
+        reservation = await self.admission.budget.reserve(len(raw) * PARSE_FACTOR, "requests", "parsing the request")
+        try:
+            return await self._offload(validate.parse, message_type, raw)
+        finally:
+            reservation.release()
 
     def _check_serving(self) -> None:
         if self.draining or not self.ready:
@@ -229,7 +237,12 @@ class WeightGenService:
         async with _Call(self.metrics, "OpenSession", context):
             if self.draining:
                 raise unavailable("the server is draining; open the session on another replica or later")
-            request = await self._offload(validate.parse, pb.OpenSessionRequest, raw)
+            if len(raw) > self.config.max_session_bytes + OPEN_SESSION_FIELDS:  # not worth parsing
+                raise invalid(
+                    f"default_initializer: the request's {len(raw)} bytes exceed the server's limit of "
+                    f"{self.config.max_session_bytes} per session (--max-session-bytes)"
+                )
+            request = await self._parse(pb.OpenSessionRequest, raw)
             payload = request.default_initializer.ByteSize()
             if payload > self.config.max_session_bytes:
                 raise invalid(
@@ -272,7 +285,7 @@ class WeightGenService:
 
     async def CloseSession(self, raw: bytes, context) -> pb.CloseSessionResponse:  # noqa: N802
         async with _Call(self.metrics, "CloseSession", context):
-            request = await self._offload(validate.parse, pb.CloseSessionRequest, raw)
+            request = await self._parse(pb.CloseSessionRequest, raw)
             session = self.sessions.close(request.session_id)
             self.metrics.open_sessions.set(len(self.sessions))
             return pb.CloseSessionResponse(sequence_length=session.next_index if session.sequential else 0)
@@ -287,7 +300,7 @@ class WeightGenService:
 
     async def ListInitializers(self, raw: bytes, context) -> pb.ListInitializersResponse:  # noqa: N802
         async with _Call(self.metrics, "ListInitializers", context):
-            await self._offload(validate.parse, pb.ListInitializersRequest, raw)
+            await self._parse(pb.ListInitializersRequest, raw)
             return self._catalogue
 
 
@@ -305,6 +318,8 @@ async def _write(context: grpc.aio.ServicerContext, message: bytes) -> None:
 
 SESSION_OVERHEAD = 4 << 10
 """Bytes a session holds besides its default initializer's payload."""
+OPEN_SESSION_FIELDS = 1 << 10
+"""More than enough for an OpenSessionRequest's fields besides its default initializer."""
 
 
 def handlers(service: WeightGenService) -> grpc.GenericRpcHandler:
