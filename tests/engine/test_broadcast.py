@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tracemalloc
 
+import ml_dtypes
 import numpy as np
 import pytest
 from engine_helpers import base_tensor, spec
@@ -116,3 +117,26 @@ def test_widening_is_converted_a_piece_at_a_time(engine) -> None:
         tracemalloc.stop()
     assert at == 2 * n
     assert peak <= 4 * piece_bytes, f"peak {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize(
+    ("base", "dtype"),
+    [
+        (base_tensor([1.0, 2.0**64], "float64"), "uint64"),  # 2**64 > 2**64 - 1: exact, not in float64
+        (base_tensor([-(2.0**63) - 4096, 0.0], "float64"), "int64"),
+        (BaseTensor("bfloat16", (2,), np.asarray([1.0, np.nan], ml_dtypes.bfloat16).tobytes()), "int32"),
+        (BaseTensor("bfloat16", (2,), np.asarray([1.0, 300.0], ml_dtypes.bfloat16).tobytes()), "int8"),
+        (base_tensor([2**63, 1], "uint64"), "int64"),
+    ],
+)
+def test_out_of_range_conversions_are_refused_exactly(engine, base, dtype) -> None:
+    with pytest.raises(SpecError) as error:
+        engine.prepare(spec("broadcast", (2,), dtype, base=base), seed=SEED)
+    assert error.value.field == "initializer.broadcast.base.data"
+
+
+def test_conversion_edges_that_fit(engine) -> None:
+    edges = engine.generate(spec("broadcast", (2,), "int8", base=base_tensor([-128.9, 127.9])), seed=SEED)
+    np.testing.assert_array_equal(edges, [-128, 127])  # truncated toward zero first, then in range
+    halves = BaseTensor("bfloat16", (2,), np.asarray([-2.5, 3.5], ml_dtypes.bfloat16).tobytes())
+    np.testing.assert_array_equal(engine.generate(spec("broadcast", (2,), "int16", base=halves), seed=SEED), [-2, 3])
