@@ -8,10 +8,11 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+from .cache import Cancelled, WholeCache  # noqa: E402
 from .engine import Engine, LimitError, Prepared, TensorInfo, check_shape, validate_name  # noqa: E402
 from .initializers import REGISTRY  # noqa: E402
 from .rng import BLOCK_ELEMENTS, GENERATOR  # noqa: E402
-from .spec import BaseTensor, Cancelled, FanAxes, Initializer, SpecError, VariableSpec  # noqa: E402
+from .spec import BaseTensor, FanAxes, Initializer, SpecError, VariableSpec  # noqa: E402
 from .workers import WorkerPool, configure_host_devices  # noqa: E402
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "SpecError",
     "TensorInfo",
     "VariableSpec",
+    "WholeCache",
     "WorkerPool",
     "check_shape",
     "configure_host_devices",

@@ -7,6 +7,11 @@
 Generation is pipelined: the next pieces are being generated on the workers while the caller
 consumes the current one, and at most `lookahead` pieces are in flight per stream, so memory stays
 flat whatever the tensor size. Closing the stream cancels what has not started.
+
+Every recipe walks the plan the same way (`_pieces`: pieces of at most one kernel call), slices
+included. Whole-tensor (structured) initializers build their tensor once, when a stream's first
+piece is pulled, in a `WholeCache` shared by every stream of the same tensor, and cut their pieces
+from it; broadcast cuts its pieces from the flat base and converts each one alone.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import statistics
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -23,6 +29,7 @@ import ml_dtypes
 import numpy as np
 
 from . import dtypes, initializers, kernels, rng, sampling, structured
+from .cache import Cancelled, WholeCache
 from .dtypes import DTypeInfo, Kind
 from .initializers import Broadcast, Fill, Normal, Recipe, Structured, Uniform
 from .plan import Piece, Plan, check_shape
@@ -89,6 +96,21 @@ class Prepared:
         return None
 
     @property
+    def whole_key(self) -> tuple | None:
+        """For a structured variable, a hashable value equal for two prepared variables only when
+        their whole tensors are equal by construction: kind, parameters (floats by their bits), the
+        key (random kinds only: identity and dirac are the same for every seed and name), full
+        shape, dtype and fan axes. The slice is not part of it: slices are cut from the whole."""
+        if not isinstance(self.recipe, Structured):
+            return None
+        kind = self.recipe.kind
+        params = tuple(
+            sorted((name, float_bits((v,)) if isinstance(v, float) else v) for name, v in self.recipe.params.items())
+        )
+        key = self.key if kind in structured.RANDOM_KINDS else None
+        return ("whole", kind, params, key, self.plan.shape, self.dtype.name, self.spec.initializer.fan_axes)
+
+    @property
     def is_random(self) -> bool:
         """Whether generating it draws random numbers (so it takes a place in a sequential session)."""
         if isinstance(self.recipe, Uniform | Normal):
@@ -112,12 +134,17 @@ class Engine:
         *,
         max_structured_elements: int = 1 << 24,
         lookahead: int | None = None,
-        whole_cache_bytes: int = 0,
+        whole_cache_bytes: int = 256 << 20,
         max_structured_builds: int = 2,
     ):
+        """`max_structured_elements` bounds a whole-tensor initializer's variable (LimitError);
+        `lookahead` the pieces in flight per stream (default 2 * pool width + 1); built whole
+        tensors stay in a cache of `whole_cache_bytes` (`whole_cache`, whose counters are for
+        metrics), and at most `max_structured_builds` of them are built at once."""
         self.pool = pool or WorkerPool()
         self.max_structured_elements = max_structured_elements
         self.lookahead = lookahead or 2 * self.pool.width + 1
+        self.whole_cache = WholeCache(whole_cache_bytes, max_structured_builds)
 
     def warm(self, precisions: tuple[str, ...] = ("float32", "float64")) -> int:
         """Compile every block program on every device, so no request waits for XLA, then check
@@ -215,12 +242,15 @@ class Engine:
 
     # -- streaming ---------------------------------------------------------------------------
 
-    def holding_bytes(self, prepared: Prepared, chunk_bytes: int) -> int:  # TEMPORARY until the engine branch lands
-        return (self.lookahead + 3) * kernels.CALL_ELEMENTS * 16 + 2 * chunk_bytes
+    def stream(self, prepared: Prepared, cancelled: threading.Event | None = None) -> Iterator[np.ndarray]:
+        """The delivered tensor as consecutive flat arrays of its dtype, each at most
+        `kernels.CALL_ELEMENTS` elements (read-only; do not keep references longer than needed).
 
-    def stream(self, prepared: Prepared, cancelled=None) -> Iterator[np.ndarray]:
-        """The delivered tensor as consecutive flat arrays of its dtype (read-only; do not keep
-        references longer than needed)."""
+        Nothing is computed before the first piece is pulled, so the thread that pulls does the
+        work (a whole-tensor build included). A pull that waits for a structured build (a build
+        slot, or another stream building the same tensor) polls `cancelled` and raises `Cancelled`
+        once it is set. Closing the generator releases what it holds and cancels what has not
+        started."""
         recipe, dtype, plan = prepared.recipe, prepared.dtype, prepared.plan
         if plan.size == 0:
             return
@@ -231,7 +261,7 @@ class Engine:
         elif isinstance(recipe, Broadcast):
             yield from self._broadcast(recipe, dtype, plan)
         else:
-            yield from _array_pieces(self._structured(prepared, recipe), plan)
+            yield from self._structured(prepared, cancelled)
 
     def generate(self, spec: VariableSpec, *, seed: int) -> np.ndarray:
         """The whole delivered tensor as one array (a convenience for tests and benchmarks)."""
@@ -294,16 +324,28 @@ class Engine:
                 for job, future in calls:
                     self.pool.release(job, future)
 
-    def _structured(self, prepared: Prepared, recipe: Structured) -> np.ndarray:
-        dtype = prepared.dtype
+    def _structured(self, prepared: Prepared, cancelled: threading.Event | None) -> Iterator[np.ndarray]:
+        """Pieces cut from the whole tensor, which is built once for all streams that want it."""
+        whole = self.whole_cache.get(prepared.whole_key, lambda: self._build_whole(prepared, cancelled), cancelled)
+        for piece in _pieces(prepared.plan):
+            yield piece.take(whole)
+
+    def _build_whole(self, prepared: Prepared, cancelled: threading.Event | None) -> np.ndarray:
+        """The whole tensor of a structured variable, flat in C order and its final dtype."""
+        dtype, recipe = prepared.dtype, prepared.recipe
 
         def draw(n: int) -> np.ndarray:
             affine = self._affine(Normal(0.0, 1.0), dtype)
-            values = self._random_values(prepared.key, affine, dtype, Plan.of((n,)))
-            return np.concatenate(list(values)) if n else np.zeros(0, dtype.compute)
+            parts = []
+            for values in self._random_values(prepared.key, affine, dtype, Plan.of((n,))):
+                if cancelled is not None and cancelled.is_set():  # stop generating for a stream that left
+                    raise Cancelled
+                parts.append(values)
+            return np.concatenate(parts) if n else np.zeros(0, dtype.compute)
 
-        spec = prepared.spec
-        return structured.build(recipe.kind, recipe.params, prepared.plan.shape, dtype, spec.initializer.fan_axes, draw)
+        fan_axes = prepared.spec.initializer.fan_axes
+        values = structured.build(recipe.kind, recipe.params, prepared.plan.shape, dtype, fan_axes, draw)
+        return np.ascontiguousarray(values).reshape(-1)
 
 
 def _pieces(plan: Plan) -> Iterator[Piece]:
@@ -338,15 +380,3 @@ def _gather(piece: Piece, generated: list[tuple[int, np.ndarray]], block: int) -
     positions = offsets[which] + (piece.starts - first_flat[which])
     index = positions[:, None] + np.arange(piece.length, dtype=np.int64)[None, :]
     return buffer[index.ravel()]
-
-
-def _array_pieces(full: np.ndarray, plan: Plan) -> Iterator[np.ndarray]:
-    """A hyperslab of an in-memory (possibly broadcast) tensor as C-order pieces of bounded size."""
-    view = full[tuple(slice(a, b) for a, b in zip(plan.start, plan.stop, strict=True))]
-    if view.ndim == 0:
-        yield np.ascontiguousarray(view).reshape(1)
-        return
-    row = math.prod(view.shape[1:])
-    rows_per_piece = max(1, kernels.CALL_ELEMENTS // max(1, row))
-    for r in range(0, view.shape[0], rows_per_piece):
-        yield np.ascontiguousarray(view[r : r + rows_per_piece]).reshape(-1)

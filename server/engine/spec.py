@@ -49,10 +49,6 @@ class SpecError(ValueError):
         return f"{where}{self.field}: {self.message}"
 
 
-class Cancelled(Exception):  # noqa: N818 - TEMPORARY until the engine branch lands
-    """Work for a request whose client has gone was stopped."""
-
-
 @dataclass(frozen=True)
 class FanAxes:
     """Which axes hold the inputs and outputs of a weight, for fan computation.

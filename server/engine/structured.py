@@ -128,8 +128,9 @@ def build(
     # One rounding into the compute precision, then the final cast: a bfloat16 orthogonal matrix is
     # the float32 one rounded, as for every other initializer.
     compute = dtype.compute if dtype.kind is not Kind.COMPLEX else complex_of(dtype.compute)
+    # C order: the tensor is served flat (an orthogonal matrix moved to its column axis is not).
     if dtype.kind in (Kind.INT, Kind.UINT, Kind.BOOL):
-        return values.real.astype(dtype.numpy)
+        return values.real.astype(dtype.numpy, order="C")
     if dtype.kind is not Kind.COMPLEX:
         values = values.real
-    return values.astype(compute).astype(dtype.numpy)
+    return values.astype(compute, order="C").astype(dtype.numpy, copy=False)
