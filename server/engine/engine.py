@@ -32,13 +32,17 @@ from . import dtypes, initializers, kernels, rng, sampling, structured
 from .cache import Cancelled, WholeCache
 from .dtypes import DTypeInfo, Kind
 from .initializers import Broadcast, Fill, Normal, Recipe, Structured, Uniform
-from .plan import Piece, Plan, check_shape
+from .plan import MAX_RUNS_PER_PIECE, Piece, Plan, check_shape
 from .spec import MAX_NAME_BYTES, Initializer, SpecError, VariableSpec
 from .workers import Job, WorkerPool, float_bits
 
 SELF_CHECK_UNIFORM = "ea43004999aa1690e37764b825802126221fab27182bed7cfa21f4b09cfd3d20"
 SELF_CHECK_NORMAL = "c63b34b5ab36d99c77a02ae70f2d374535ab01079a638133c16920a0c98bae95"
 """SHA-256 of 4096 float32 values of "weightgen/self-check", seed 1 (uniform [0, 1); normal std 1)."""
+
+STREAM_OVERHEAD_BYTES = 32 << 10
+"""What a stream holds besides its arrays (measured: under 20 KiB)."""
+
 
 class LimitError(SpecError):
     """A valid spec beyond a configured limit (the service's RESOURCE_EXHAUSTED); `limit` names the
@@ -262,6 +266,84 @@ class Engine:
             yield from self._broadcast(recipe, dtype, plan)
         else:
             yield from self._structured(prepared, cancelled)
+
+    def holding_bytes(self, prepared: Prepared, chunk_bytes: int) -> int:
+        """An upper estimate of the bytes the server holds while streaming `prepared`, to reserve
+        against a memory budget before the stream starts. With P = min(delivered elements,
+        CALL_ELEMENTS) elements per piece, e the final dtype's itemsize and N the full tensor's
+        elements (an empty delivery holds the first two terms only):
+
+            STREAM_OVERHEAD_BYTES            a stream's Python objects (generator frames, jobs,
+                                             futures)
+          + runs                             a slice's run starts (`_runs_bytes`)
+          + 2 * chunk_bytes + P * e          the encoder's chunk being filled and the one being
+                                             sent; the piece the consumer still holds
+          + fill        P * e                one buffer, yielded as views
+          + random      pipeline + P * e     the pieces in flight (`_pipeline_bytes`); the cast
+                                             to the final dtype
+          + broadcast   P * (8 + 4 * s + e)  a piece's index (int64), its gathered base values (up
+                                             to 3 * P when a short base is tiled, s = the base's
+                                             itemsize), their truncation, the conversion. The
+                                             base itself is the request's bytes, not counted here
+          + structured  N * e + build + P * (8 + e)
+                                             the whole tensor (held even when cached: the stream
+                                             holds it); `structured.build_bytes` plus, for the
+                                             random kinds, the draw's pipeline; a sliced piece's
+                                             index and gather
+        """
+        plan, dtype, recipe = prepared.plan, prepared.dtype, prepared.recipe
+        if plan.size == 0:  # nothing is generated, not even a whole tensor an empty slice would cut
+            return STREAM_OVERHEAD_BYTES + 2 * chunk_bytes
+        e = dtype.itemsize
+        piece = min(plan.size, kernels.CALL_ELEMENTS)
+        held = STREAM_OVERHEAD_BYTES + self._runs_bytes(plan) + 2 * chunk_bytes + piece * e
+        if isinstance(recipe, Fill):
+            return held + piece * e
+        if isinstance(recipe, Uniform | Normal):
+            return held + self._pipeline_bytes(dtype, plan) + piece * e
+        if isinstance(recipe, Broadcast):
+            return held + piece * (8 + 4 * recipe.source.itemsize + e)
+        axes = prepared.spec.initializer.fan_axes
+        build = structured.build_bytes(recipe.kind, plan.shape, dtype, axes)
+        if recipe.kind in structured.RANDOM_KINDS:
+            build += self._pipeline_bytes(dtype, Plan.of((structured.matrix_elements(recipe.kind, plan.shape, axes),)))
+        return held + math.prod(plan.shape) * e + build + piece * (8 + e)
+
+    def _runs_bytes(self, plan: Plan) -> int:
+        """A sliced plan's run starts: at most MAX_RUNS_PER_PIECE int64 per piece, for the pieces
+        in flight (lookahead + 2) and `Plan.pieces`' unravelled indices (2 * rank arrays of them).
+        A whole tensor is one run: 0."""
+        if plan.is_whole:
+            return 0
+        return (self.lookahead + 2 + 2 * len(plan.shape)) * MAX_RUNS_PER_PIECE * 8
+
+    def _pipeline_bytes(self, dtype: DTypeInfo, plan: Plan) -> int:
+        """An upper estimate of the random pipeline's values of `plan` in flight:
+
+            (lookahead + 2) * G * k  +  gather       G = calls * C * parts * c
+
+        C is the elements of one kernel call (its compiled bucket of blocks, at most
+        CALL_ELEMENTS, fewer for a small tensor), c the compute itemsize, parts = 2 for complex;
+        a piece needs 1 call for a whole tensor, 2 for a slice (its runs start in one call window
+        and may end in the next). lookahead + 2: the pieces submitted, the one just yielded (still
+        referenced while the next ones are submitted and cast), and one for a released job still
+        finishing on a worker. k = 2 for complex: the worker holds both parts and the combined
+        array. A slice's gather concatenates the calls (G) and builds an index and the gathered
+        values: P * (8 + parts * c)."""
+        if plan.size == 0:
+            return 0
+        complex_ = dtype.kind is Kind.COMPLEX
+        parts = k = 2 if complex_ else 1
+        c = dtype.compute.itemsize
+        total_blocks = -(-math.prod(plan.shape) // rng.BLOCK_ELEMENTS)
+        call = kernels.bucket(min(total_blocks, kernels.MAX_CALL_BLOCKS)) * rng.BLOCK_ELEMENTS
+        calls = 1 if plan.is_whole else 2
+        generated = calls * call * parts * c
+        in_flight = (self.lookahead + 2) * generated * k
+        if plan.is_whole:
+            return in_flight
+        piece = min(plan.size, kernels.CALL_ELEMENTS)
+        return in_flight + generated + piece * (8 + parts * c)
 
     def generate(self, spec: VariableSpec, *, seed: int) -> np.ndarray:
         """The whole delivered tensor as one array (a convenience for tests and benchmarks)."""

@@ -95,6 +95,43 @@ def check(kind: str, params: Mapping[str, Any], shape: tuple[int, ...], dtype: D
         raise SpecError(path, f"unknown structured initializer {kind!r}")
 
 
+def matrix_elements(kind: str, shape: tuple[int, ...], axes: FanAxes) -> int:
+    """Elements of the random matrix the kind orthogonalises: the whole tensor for orthogonal,
+    in x out for delta_orthogonal, none for identity and dirac."""
+    if kind == "orthogonal":
+        return math.prod(shape)
+    if kind == "delta_orthogonal":
+        i, o, _ = _in_out_spatial(shape, axes, kind)
+        return shape[i] * shape[o]
+    return 0
+
+
+def build_bytes(kind: str, shape: tuple[int, ...], dtype: DTypeInfo, axes: FanAxes) -> int:
+    """An upper estimate of what `build` allocates besides its result (N = prod(shape) elements of
+    the final dtype), generously counted:
+
+        orthogonal        M * (2 * p + 4 * w) + N * p          M = N
+        delta_orthogonal  M * (2 * p + 4 * w) + N * (w + p)    M = in * out
+        identity          N * (2 * 16 + p)
+        dirac             0                                    built in place, in the final dtype
+
+    w = 8 bytes (16 for complex): a float64 (complex128) element; p = the compute precision's
+    element (both parts for complex). The draw holds the normal matrix twice (its pieces, then
+    their concatenation); the QR 4 float64 matrices at once (A, LAPACK's copy or R, Q, Q * phase);
+    delta_orthogonal's zeros and identity's eye (complex128, then scaled) are full-size in float64
+    or complex128; all but dirac are then rounded into the compute precision (N * p)."""
+    n = math.prod(shape)
+    parts = 2 if dtype.kind is Kind.COMPLEX else 1
+    p, w = parts * dtype.compute.itemsize, 8 * parts
+    if kind == "identity":
+        return n * (2 * 16 + p)
+    if kind == "dirac":
+        return 0
+    m = matrix_elements(kind, shape, axes)
+    full = n * (w + p) if kind == "delta_orthogonal" else n * p
+    return m * (2 * p + 4 * w) + full
+
+
 def build(
     kind: str, params: Mapping[str, Any], shape: tuple[int, ...], dtype: DTypeInfo, axes: FanAxes, draw: DrawNormal
 ) -> np.ndarray:

@@ -1,6 +1,7 @@
 """No spec makes the engine raise anything but SpecError: every initializer over extreme shapes
 (zero-size beside huge dimensions, rank 0, 1, 32 and 33, dimensions of 2^62, one dimension past
-the contract's limit) and extreme parameters. Anything else would reach clients as INTERNAL."""
+the contract's limit) and extreme parameters, prepared, estimated (holding_bytes) and streamed.
+Anything else would reach clients as INTERNAL."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def _outcome(engine, variable) -> str:
     """'ok' or 'spec'; anything else propagates and fails the test."""
     try:
         prepared = engine.prepare(variable, seed=1)
+        assert 0 < engine.holding_bytes(prepared, 1 << 20) < 1 << 40
         stream = engine.stream(prepared)
         try:
             limit = None if prepared.plan.size <= MAX_DRAINED else 2
