@@ -95,6 +95,7 @@ class Server:
         self.admission = Admission(c, budget)
         self.service = WeightGenService(c, self._engine, self.metrics, Sessions(c.max_sessions), self.admission)
         self.metrics.watch_pool(self._engine.pool)
+        self.metrics.watch_whole_cache(self._engine.whole_cache)
         self.metrics.watch_admission(self.admission)
         interceptors = [BearerAuth(load_tokens(c.auth_token_file), self._denied)] if c.auth_token_file else []
         self.server = grpc.aio.server(

@@ -87,6 +87,10 @@ class Metrics:
         """Export the worker pool's block cache and single-flight counters (read at scrape time)."""
         self.registry.register(_PoolCollector(pool))
 
+    def watch_whole_cache(self, cache) -> None:
+        """Export the whole-tensor cache: builds, joins, hits, bytes (read at scrape time)."""
+        self.registry.register(_WholeCacheCollector(cache))
+
     def watch_digests(self, board) -> None:
         """Export how much hashing streams of the same bytes shared (read at scrape time)."""
         self.registry.register(_DigestCollector(board))
@@ -323,3 +327,22 @@ class _AdmissionCollector:
         yield GaugeMetricFamily(
             "weightgen_stream_peers", "Client addresses with streams in progress", value=len(self._admission.per_peer)
         )
+
+
+class _WholeCacheCollector:
+    def __init__(self, cache):
+        self._cache = cache
+
+    def collect(self):
+        cache = self._cache
+        for name, value, doc in (
+            ("builds", cache.misses, "Whole tensors (orthogonal, identity, ...) built"),
+            ("joins", cache.joins, "Streams that waited for a whole tensor another stream was building"),
+            ("hits", cache.hits, "Whole tensors served from the whole-tensor cache"),
+            ("evictions", cache.evictions, "Whole tensors evicted from the cache for space"),
+        ):
+            yield CounterMetricFamily(f"weightgen_whole_{name}", doc, value=value)
+        yield GaugeMetricFamily(
+            "weightgen_whole_cache_bytes", "Bytes held by the whole-tensor cache", value=cache.bytes
+        )
+        yield GaugeMetricFamily("weightgen_whole_building", "Whole tensors being built now", value=cache.building)

@@ -74,6 +74,10 @@ def check(kind: str, params: Mapping[str, Any], shape: tuple[int, ...], dtype: D
     """Everything `build` would refuse, found without building: called when the spec is resolved,
     so a bad structured variable fails its batch before any byte is sent."""
     path = f"initializer.{kind}"
+    if kind in RANDOM_KINDS and dtype.is_inexact:
+        # |Q| <= 1 elementwise, so scale bounds every value: one that overflows the dtype would
+        # silently give infinities.
+        representable(params["scale"], dtype, f"{path}.scale")
     if kind in ("orthogonal", "identity") and len(shape) < 2:
         raise SpecError("shape", f"{kind} needs rank >= 2, got {list(shape)}")
     if kind == "orthogonal":

@@ -327,6 +327,12 @@ VARIABLE_CASES = [
         "Orthogonal.scale",
     ),
     bad_variable(
+        "orthogonal scale overflowing float16 (would give infinities)",
+        var("w", [4, 4], init(orthogonal={"scale": 1e5}), dtype=pb.DTYPE_FLOAT16),
+        "initializer.orthogonal.scale",
+        "Orthogonal.scale",
+    ),
+    bad_variable(
         "orthogonal column_axis out of range",
         var("w", [4, 4], init(orthogonal={"column_axis": 2})),
         "initializer.orthogonal.column_axis",

@@ -76,6 +76,22 @@ def test_metrics(server, stub):
     assert metric(server, "weightgen_requests_total", method="ListInitializers", code="OK") == before["listed"] + 1
 
 
+def test_whole_tensors_are_built_once_and_counted(server, stub):
+    """Two fetches of one orthogonal tensor, whole and sliced: one build, then a hit (the slice is
+    cut from the cached tensor)."""
+    whole = var("recurrent", [96, 64], init(orthogonal={}))
+    sliced = var(
+        "recurrent", [96, 64], init(orthogonal={}), slice=[pb.Range(start=10, stop=20), pb.Range(start=0, stop=64)]
+    )
+    before = {n: metric(server, f"weightgen_whole_{n}_total") for n in ("builds", "hits")}
+    first = fetch(stub, pb.MaterializeRequest(seed=31, variables=[whole]))[0]
+    second = fetch(stub, pb.MaterializeRequest(seed=31, variables=[sliced]))[0]
+    assert bytes(second.data) == bytes(first.data)[10 * 64 * 4 : 20 * 64 * 4]
+    assert metric(server, "weightgen_whole_builds_total") == before["builds"] + 1
+    assert metric(server, "weightgen_whole_hits_total") == before["hits"] + 1
+    assert metric(server, "weightgen_whole_cache_bytes") >= 96 * 64 * 4
+
+
 def test_metrics_of_a_resumed_stream_count_bytes_sent(server, stub):
     variable = var("resumed", [100, 10], init(random_uniform={}), resume_offset=1000)
     before = metric(server, "weightgen_bytes_streamed_total")
