@@ -155,3 +155,44 @@ def test_sigterm_during_validation_exits_within_grace(start_server):
     assert seconds >= GRACE - 0.5, f"{report}: the drain did not wait for the requests in progress"
     assert sorted(results) == [(seed, grpc.StatusCode.UNAVAILABLE) for seed in range(1, 5)], results
     assert not first_chunks, first_chunks
+
+
+ORTHOGONAL = var("q", [4096, 4096], init(orthogonal={}))  # a whole-tensor build: ~18 s of QR alone here
+
+
+def test_cancelled_whole_tensor_builds_stop_and_sigterm_exits_within_grace(start_server):
+    """The same for whole-tensor builds (4 orthogonal [4096, 4096]) cancelled while they run: their
+    work stops, and SIGTERM is not held up by them."""
+    server = start_server("--grace-seconds", str(GRACE), "--warm-precisions", "float32")
+    pid = server.proc.pid
+    with grpc.insecure_channel(server.address) as channel:
+        stub = weightgen_pb2_grpc.WeightGenStub(channel)
+        assert_serves(stub)
+        calls = [
+            stub.Materialize(pb.MaterializeRequest(seed=seed, variables=[ORTHOGONAL]), timeout=120)
+            for seed in range(1, 5)
+        ]
+        time.sleep(2.0)  # the builds are under way (neither has sent a chunk: a build takes far longer)
+        t0 = cpu_seconds(pid)
+        time.sleep(1.0)
+        building = cpu_seconds(pid) - t0
+        builds = metric(server, "weightgen_whole_building")
+        for call in calls:
+            call.cancel()
+        codes = [outcome(call) for call in calls]
+        wait_for(lambda: metric(server, "weightgen_active_streams") == 0, "the cancelled streams to end", 30)
+        t0 = cpu_seconds(pid)
+        time.sleep(IDLE_WINDOW)
+        after_cancel = cpu_seconds(pid) - t0
+        still_building = metric(server, "weightgen_whole_building")
+        seconds, code = exit_seconds(server, GRACE + MARGIN)
+
+    report = (
+        f"server CPU: {building:.2f} s in 1 s while {builds:g} builds ran, {after_cancel:.2f} s in "
+        f"{IDLE_WINDOW:g} s after the builds were cancelled (weightgen_whole_building then: {still_building:g}); "
+        f"SIGTERM: exit {code} after {seconds:.2f} s"
+    )
+    print(report)
+    assert codes == [grpc.StatusCode.CANCELLED] * 4, codes
+    assert builds >= 1, f"{report}: the premise (builds running when cancelled) does not hold"
+    assert after_cancel < IDLE_CPU and code == 0 and seconds < GRACE + MARGIN, f"{report}\n{server.log()[-3000:]}"
