@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -60,7 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = configuration.load(sys.argv[1:] if argv is None else argv)
     logs.setup(config.log_level, config.log_format)
     _prepare_jax(config)
-    return asyncio.run(_run(config))
+    code = asyncio.run(_run(config))
+    # Every call has ended; what may still run on a thread is work for calls that are gone: a
+    # whole-tensor build inside LAPACK cannot be interrupted (at most --max-structured-builds, each
+    # a few seconds). The interpreter would join those threads at exit and overrun the drain's grace
+    # period, so leave without waiting, once the logs are flushed.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from weightgen.server import engine as eng
 from weightgen.server.engine import rng
 from weightgen.server.engine.spec import echo
 from weightgen.server.status import RequestError, exhausted, invalid
-from weightgen.server.validate import Batch
+from weightgen.server.validate import Batch, check_cancelled
 
 SEQUENCE_LENGTH = 1 << 32
 """Positions of a sequential session are one uint32 counter word."""
@@ -142,19 +142,24 @@ def with_defaults(spec: eng.VariableSpec, session: Session | None) -> eng.Variab
     return replace(spec, dtype=dtype, initializer=init)
 
 
-def key(prepared: list[eng.Prepared], batch: Batch, session: Session | None) -> list[eng.Prepared]:
+def key(
+    prepared: list[eng.Prepared], batch: Batch, session: Session | None, cancelled: threading.Event | None = None
+) -> list[eng.Prepared]:
     """Every planned variable with its effective seed and key (and its position in a sequential
     session). Takes the session's next positions, so call it once the batch is known to be valid."""
     batch_seed = session.seed if session else (batch.seed or rng.random_seed())
     keyed: list[eng.Prepared | None] = [None] * len(prepared)
     sequential = []  # indexes of variables that take the session's next positions, in request order
+    by_name = []  # indexes of variables keyed by their name, all at once below
     for i, (variable, p) in enumerate(zip(batch.variables, prepared, strict=True)):
+        check_cancelled(cancelled)
         seed = variable.spec.seed or batch_seed
         if session is not None and session.sequential and not variable.spec.seed and p.is_random:
             if variable.sequence_index is None:
                 sequential.append(i)
-                continue
-            keyed[i] = p.keyed(seed, rng.sequential_key(seed, variable.sequence_index), variable.sequence_index)
+            else:
+                position = variable.sequence_index
+                keyed[i] = p.keyed(seed, rng.sequential_key(seed, position), position)
         elif variable.sequence_index is not None and not (session and session.sequential):
             raise invalid(
                 f"variables[{i}] ({echo(variable.spec.name)}): sequence_index: applies only to a sequential "
@@ -162,7 +167,11 @@ def key(prepared: list[eng.Prepared], batch: Batch, session: Session | None) -> 
             )
         else:
             # Not random in a sequential session: it consumes no position (its key is never used).
-            keyed[i] = p.keyed(seed, rng.variable_key(seed, variable.spec.name))
+            by_name.append(i)
+    seeds = [batch.variables[i].spec.seed or batch_seed for i in by_name]
+    names = [batch.variables[i].spec.name for i in by_name]
+    for i, seed, k in zip(by_name, seeds, rng.variable_keys(seeds, names), strict=True):
+        keyed[i] = prepared[i].keyed(seed, k)
     if sequential:
         start = session.reserve(len(sequential))
         for n, i in enumerate(sequential):

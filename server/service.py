@@ -142,8 +142,8 @@ class WeightGenService:
                             ticket.reservation.nbytes + len(batch.variables) * PER_VARIABLE_BYTES, "planning the batch"
                         )
                         work = await self._offload(self._plan, batch, session, ticket.cancelled)
-                        work = await self._offload(seeds.key, work, batch, session)
-                    holding = max(self.engine.holding_bytes(p, batch.chunk_bytes) for p in work)
+                        work = await self._offload(seeds.key, work, batch, session, ticket.cancelled)
+                    holding = await self._offload(self._holding, work, batch.chunk_bytes)
                     await ticket.reservation.grow_to(ticket.reservation.nbytes + holding, "streaming the batch")
                     await self._send(call, context, ticket, batch, work, session)
                 except asyncio.CancelledError:
@@ -188,6 +188,10 @@ class WeightGenService:
                 f"{self.config.max_bytes_per_request} per request (--max-bytes-per-request)",
             )
         return work
+
+    def _holding(self, work: list[eng.Prepared], chunk_bytes: int) -> int:
+        """What streaming the batch holds at most: its largest variable's (they go one at a time)."""
+        return max(self.engine.holding_bytes(p, chunk_bytes) for p in work)
 
     async def _send(
         self,

@@ -100,6 +100,18 @@ def variable_key(seed: int, name: str) -> Key:
     return fold_in(fold_in(root_key(seed), h0), h1)
 
 
+def variable_keys(seeds: list[int], names: list[str]) -> list[Key]:
+    """`variable_key` of many variables at once: the same two fold_ins, each one vectorised cipher
+    pass over all of them (a 100,000-variable batch in milliseconds, not seconds)."""
+    s = np.asarray(seeds, np.uint64).reshape(-1)
+    k0, k1 = (s >> np.uint64(32)).astype(np.uint32), (s & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    words = np.asarray([name_words(name) for name in names], np.uint32).reshape(-1, 2)
+    zeros = np.zeros(len(words), np.uint32)
+    for data in (words[:, 0], words[:, 1]):
+        k0, k1 = threefry2x32(k0, k1, zeros, data)
+    return list(zip(k0.tolist(), k1.tolist(), strict=True))
+
+
 def sequential_key(seed: int, n: int) -> Key:
     """Sequential mode (GoMLX's order-dependent state): the n-th random variable of a session."""
     if not 0 <= n < 1 << 32:

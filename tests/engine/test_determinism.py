@@ -332,3 +332,13 @@ def test_seed_zero_picks_and_reports_a_seed(engine) -> None:
     assert engine.prepare(variable, seed=0).info.seed != chosen
     assert engine.prepare(variable, seed=12).info.seed == 12
     assert prepared.info.generator == GENERATOR
+
+
+def test_vectorised_variable_keys_equal_one_at_a_time() -> None:
+    """The service keys a batch's by-name variables in one vectorised pass; each key must be the
+    one `variable_key` derives (seeds at the uint64 edges, names empty, unicode and long)."""
+    gen = np.random.default_rng(5)
+    seeds = [0, 1, 2**32 - 1, 2**32, 2**64 - 1, *(int(s) for s in gen.integers(0, 2**63, 20))]
+    names = ["", "w", "é" * 300, "layers.0.attention.wq.weight", *(f"v{i}" for i in range(len(seeds) - 4))]
+    assert rng.variable_keys(seeds, names) == [rng.variable_key(s, n) for s, n in zip(seeds, names, strict=True)]
+    assert rng.variable_keys([], []) == []
