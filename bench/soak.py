@@ -344,7 +344,9 @@ def main() -> int:
         f"{args.devices} {args.server_args}".rstrip()
     )
     with tempfile.TemporaryDirectory() as tmp:
-        flags = ["--devices", args.devices, *shlex.split(args.server_args)]
+        # Every client here comes from 127.0.0.1; in a cluster each would have its own address, so the
+        # per-address stream limit (32 by default) is raised to what the clients can have in flight.
+        flags = ["--devices", args.devices, "--max-streams-per-peer", "256", *shlex.split(args.server_args)]
         server = launch(Path(tmp) / "server", *flags, cache_dir=Path(tmp) / "xla")
         pid = server.proc.pid
         ctx = mp.get_context("spawn")

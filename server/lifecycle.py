@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import time
@@ -166,6 +167,9 @@ class Server:
             return
         if self.service.draining:
             return
+        # What start-up made (JAX, the compiled programs) lives as long as the process: keep it out
+        # of the collector's scans for good.
+        gc.freeze()
         self.service.ready = True
         self.metrics.ready.set(1)
         for name in ("", SERVICE):
