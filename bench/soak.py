@@ -341,7 +341,7 @@ def main() -> int:
     print(
         f"{args.clients} clients in {procs} processes for {args.minutes:g} min; valid requests up to {args.max_mib:g} "
         f"MiB; {args.invalid_fraction:.0%} invalid (corpus), 5% cancelled, 10% sessions; server --devices "
-        f"{args.devices} {args.server_args}".rstrip()
+        f"{args.devices} --max-streams-per-peer 256 {args.server_args}".rstrip()
     )
     with tempfile.TemporaryDirectory() as tmp:
         # Every client here comes from 127.0.0.1; in a cluster each would have its own address, so the
