@@ -366,16 +366,18 @@ class VariableSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., initializer: _Optional[_Union[Initializer, _Mapping]] = ..., seed: _Optional[int] = ..., slice: _Optional[_Iterable[_Union[Range, _Mapping]]] = ..., resume_offset: _Optional[int] = ..., sequence_index: _Optional[int] = ...) -> None: ...
 
 class MaterializeRequest(_message.Message):
-    __slots__ = ("session_id", "seed", "variables", "chunk_bytes")
+    __slots__ = ("session_id", "seed", "variables", "chunk_bytes", "sequence_start")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_START_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seed: int
     variables: _containers.RepeatedCompositeFieldContainer[VariableSpec]
     chunk_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., seed: _Optional[int] = ..., variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    sequence_start: int
+    def __init__(self, session_id: _Optional[str] = ..., seed: _Optional[int] = ..., variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., chunk_bytes: _Optional[int] = ..., sequence_start: _Optional[int] = ...) -> None: ...
 
 class TensorInfo(_message.Message):
     __slots__ = ("name", "shape", "dtype", "byte_size", "seed", "generator", "digest_algorithm", "slice", "zero_reason", "sequence_index")
