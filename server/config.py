@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from weightgen.v1 import wire
 
 ENV_PREFIX = "WEIGHTGEN_"
+MAX_SESSION_BYTES = (wire.MAX_MESSAGE_BYTES - (64 << 10)) * 3 // 7
+"""The reply to OpenSession holds the defaults twice: as given, and base64 (4/3) in the id."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,20 @@ class Config:
     max_validations: int = field(
         default=2, metadata={"help": "requests parsed and planned at once (CPU-bound; the rest queue)"}
     )
-    max_sessions: int = field(default=10_000, metadata={"help": "open sessions"})
+    max_sessions: int = field(
+        default=10_000,
+        metadata={"help": "sessions this server keeps verified in its cache, and sequential sessions it counts for"},
+    )
+    session_keys_file: str = field(
+        default="",
+        metadata={
+            "help": "keys that sign session ids, one per line, shared by every replica (the first signs); "
+            "'' = a random key per process: sessions then work only on this process"
+        },
+    )
+    session_cache_bytes: int = field(
+        default=64 << 20, metadata={"help": "bytes of verified session ids (and their defaults) kept parsed"}
+    )
     max_health_watchers: int = field(
         default=256, metadata={"help": "health Watch streams open at once (Check is not limited)"}
     )
@@ -106,7 +121,7 @@ class Config:
         default=900.0, metadata={"help": "close a connection with no RPC for this long"}
     )
     max_request_bytes: int = field(default=64 << 20, metadata={"help": "largest request message (broadcast bases)"})
-    session_ttl_seconds: int = field(default=3600, metadata={"help": "default idle TTL of a session"})
+    session_ttl_seconds: int = field(default=3600, metadata={"help": "default lifetime of a session, from its opening"})
     max_session_ttl_seconds: int = field(default=7 * 24 * 3600, metadata={"help": "largest TTL a client may ask"})
     # Lifecycle.
     grace_seconds: float = field(default=30.0, metadata={"help": "on SIGTERM, time in-flight streams get to finish"})
@@ -198,12 +213,14 @@ def validate(config: Config) -> None:
     ):
         if getattr(config, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be positive")
-    if config.max_session_bytes > wire.MAX_MESSAGE_BYTES // 2:
+    if config.max_session_bytes > MAX_SESSION_BYTES:
         problems.append(
-            f"--max-session-bytes must be at most {wire.MAX_MESSAGE_BYTES // 2} (a session's reply must fit)"
+            f"--max-session-bytes must be at most {MAX_SESSION_BYTES} (a session's id carries its defaults, and the "
+            "reply with both must fit a 4 MiB message)"
         )
     for name in (
         "cache_bytes",
+        "session_cache_bytes",
         "digest_cache_entries",
         "whole_cache_bytes",
         "memory_budget",

@@ -25,7 +25,7 @@ from weightgen.server.admission import Admission, MemoryBudget, default_budget, 
 from weightgen.server.auth import BearerAuth, load_tokens
 from weightgen.server.config import Config
 from weightgen.server.metrics import Metrics
-from weightgen.server.seeds import Sessions
+from weightgen.server.seeds import SessionKeys, Sessions
 from weightgen.server.service import SERVICE, WeightGenService, handlers
 from weightgen.v1 import wire
 
@@ -69,14 +69,28 @@ class Server:
         c = self.config
         total = c.memory_budget or default_budget(memory_limit())
         budget = MemoryBudget(total, c.budget_wait_seconds)
-        caches = c.cache_bytes + c.whole_cache_bytes
+        caches = c.cache_bytes + c.whole_cache_bytes + c.session_cache_bytes
         # The caches hold up to their capacity for the server's life: reserved once, up front.
         if budget.try_reserve(caches, "caches") is None:
             raise SystemExit(
-                f"weightgen: the caches (--cache-bytes + --whole-cache-bytes = {caches >> 20} MiB) do not fit "
+                f"weightgen: the caches (--cache-bytes + --whole-cache-bytes + --session-cache-bytes = {caches >> 20} "
+                "MiB) do not fit "
                 f"the memory budget ({total >> 20} MiB, --memory-budget)"
             )
         return budget
+
+    def _sessions(self) -> Sessions:
+        c = self.config
+        if c.session_keys_file:
+            keys = SessionKeys.load(c.session_keys_file)
+        else:
+            keys = SessionKeys.ephemeral()
+            log.warning(
+                "no --session-keys-file: session ids are signed with a random key of this process, so other "
+                "replicas, and this one after a restart, answer NOT_FOUND for them; give every replica the same "
+                "key file (deploy/README.md)"
+            )
+        return Sessions(keys, c.max_sessions, c.session_cache_bytes)
 
     async def start(self) -> None:
         c = self.config
@@ -94,7 +108,7 @@ class Server:
             )
         budget = self._budget()
         self.admission = Admission(c, budget)
-        self.service = WeightGenService(c, self._engine, self.metrics, Sessions(c.max_sessions), self.admission)
+        self.service = WeightGenService(c, self._engine, self.metrics, self._sessions(), self.admission)
         self.metrics.watch_pool(self._engine.pool)
         self.metrics.watch_whole_cache(self._engine.whole_cache)
         self.metrics.watch_admission(self.admission)

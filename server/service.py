@@ -19,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from weightgen.server import catalogue, seeds, validate
 from weightgen.server import engine as eng
@@ -30,7 +29,6 @@ from weightgen.server.encode import ChunkEncoder, Outgoing
 from weightgen.server.metrics import Metrics
 from weightgen.server.status import RequestError, exhausted, invalid, unavailable
 from weightgen.v1 import weightgen_pb2 as pb
-from weightgen.v1 import wire
 
 log = logging.getLogger("weightgen.server")
 
@@ -137,12 +135,12 @@ class WeightGenService:
                         call.fields["variables"] = len(request.variables)
                         batch = await self._offload(validate.materialize, request, self.config, ticket.cancelled)
                         del request
-                        session = seeds.session_of(batch, self.sessions)
+                        session = await self._offload(seeds.session_of, batch, self.sessions)
                         await ticket.reservation.grow_to(
                             ticket.reservation.nbytes + len(batch.variables) * PER_VARIABLE_BYTES, "planning the batch"
                         )
                         work = await self._offload(self._plan, batch, session, ticket.cancelled)
-                        work = await self._offload(seeds.key, work, batch, session, ticket.cancelled)
+                        work = await self._offload(seeds.key, work, batch, session, self.sessions, ticket.cancelled)
                     holding = await self._offload(self._holding, work, batch.chunk_bytes)
                     await ticket.reservation.grow_to(ticket.reservation.nbytes + holding, "streaming the batch")
                     await self._send(call, context, ticket, batch, work, session)
@@ -254,45 +252,20 @@ class WeightGenService:
                     f"{self.config.max_session_bytes} per session (--max-session-bytes)"
                 )
             asked = await self._offload(validate.open_session, request, self.config)
-            reservation = self.admission.budget.try_reserve(payload + SESSION_OVERHEAD, "sessions")
-            if reservation is None:
-                raise exhausted(
-                    "memory_budget",
-                    f"default_initializer: the server's memory budget ({self.admission.budget.total >> 20} MiB, "
-                    "--memory-budget) has no room for this session's defaults now; retry later",
-                )
-            try:
-                session = self.sessions.open(
-                    seed=asked.seed,
-                    sequential=asked.sequential,
-                    default_initializer=asked.default_initializer,
-                    default_dtype=asked.default_dtype,
-                    ttl_seconds=asked.ttl_seconds,
-                    payload_bytes=payload,
-                    release=reservation.release,
-                )
-            except RequestError:
-                reservation.release()
-                raise
-            self.metrics.open_sessions.set(len(self.sessions))
-            expire = timestamp_pb2.Timestamp()
-            expire.FromSeconds(int(time.time() + asked.ttl_seconds))
-            return pb.Session(
-                session_id=session.session_id,
-                seed=session.seed,
-                rng_mode=pb.RNG_MODE_SEQUENTIAL if session.sequential else pb.RNG_MODE_BY_NAME,
-                default_initializer=request.default_initializer if asked.default_initializer is not None else None,
-                default_dtype=wire.dtype_enum(asked.default_dtype),
-                ttl_seconds=asked.ttl_seconds,
-                expire_time=expire,
+            default = request.default_initializer if asked.default_initializer is not None else None
+            # Nothing is stored: the id carries the session, signed (seeds.py).
+            session = await self._offload(
+                self.sessions.open, asked.seed, asked.sequential, default, asked.default_dtype, asked.ttl_seconds
             )
+            self.metrics.open_sessions.set(len(self.sessions))
+            return session
 
     async def CloseSession(self, raw: bytes, context) -> pb.CloseSessionResponse:  # noqa: N802
         async with _Call(self.metrics, "CloseSession", context):
             request = await self._parse(pb.CloseSessionRequest, raw)
-            session = self.sessions.close(request.session_id)
+            length = await self._offload(self.sessions.close, request.session_id)
             self.metrics.open_sessions.set(len(self.sessions))
-            return pb.CloseSessionResponse(sequence_length=session.next_index if session.sequential else 0)
+            return pb.CloseSessionResponse(sequence_length=length)
 
     async def expire_sessions(self) -> None:
         while True:
@@ -320,8 +293,6 @@ async def _write(context: grpc.aio.ServicerContext, message: bytes) -> None:
         raise asyncio.CancelledError from None
 
 
-SESSION_OVERHEAD = 4 << 10
-"""Bytes a session holds besides its default initializer's payload."""
 OPEN_SESSION_FIELDS = 1 << 10
 """More than enough for an OpenSessionRequest's fields besides its default initializer."""
 

@@ -132,6 +132,7 @@ class Batch:
     seed: int  # the request's seed (0: the session's, or pick one)
     chunk_bytes: int  # the largest data field of a chunk (0 in the request = the default)
     variables: tuple[Variable, ...]
+    sequence_start: int | None = None  # a sequential session's position, carried by the client
 
 
 def materialize(request: pb.MaterializeRequest, config: Config, cancelled: threading.Event | None = None) -> Batch:
@@ -152,6 +153,8 @@ def materialize(request: pb.MaterializeRequest, config: Config, cancelled: threa
         )
     if request.session_id and request.seed:
         raise invalid("seed: must be 0 when session_id names a session (the session's seed applies)")
+    if request.HasField("sequence_start") and not request.session_id:
+        raise invalid("sequence_start: applies only to a sequential session")
     variables = []
     names: dict[str, int] = {}
     for index, variable in enumerate(request.variables):
@@ -162,7 +165,8 @@ def materialize(request: pb.MaterializeRequest, config: Config, cancelled: threa
             raise exhausted(e.limit, e.at(index, variable.name).describe()) from None
         except eng.SpecError as e:
             raise invalid(e.at(index, variable.name).describe()) from None
-    return Batch(request.session_id, request.seed, chunk_bytes, tuple(variables))
+    start = request.sequence_start if request.HasField("sequence_start") else None
+    return Batch(request.session_id, request.seed, chunk_bytes, tuple(variables), start)
 
 
 def _variable(index: int, variable: pb.VariableSpec, names: dict[str, int], config: Config) -> Variable:

@@ -8,6 +8,7 @@ value (a uint64 seed).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import math
 import time
@@ -26,7 +27,8 @@ BAD = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 MISSING = grpc.StatusCode.NOT_FOUND
 NAN, INF = math.nan, math.inf
-GOOD = var("good", [300, 200], init(random_normal={}))  # index 0: streamed first if validation did not come first
+GOOD = var("good", [300, 200], init(random_normal={}))
+GOOD2 = var("good2", [3, 2], init(random_normal={}))  # index 0: streamed first if validation did not come first
 
 
 class Sessions:
@@ -47,10 +49,18 @@ class Sessions:
             with contextlib.suppress(grpc.RpcError):
                 self.stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=TIMEOUT)
 
-    def closed(self) -> str:
+    def forged(self) -> str:
+        """A real session id with one character of its signature changed."""
         session_id = self.open(seed=9)
-        self.stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=TIMEOUT)
-        return session_id
+        return session_id[:-1] + ("A" if session_id[-1] != "A" else "B")
+
+    def tampered(self) -> str:
+        """A real session id whose signed contents were changed (another seed), signature kept."""
+        prefix, payload, tag = self.open(seed=9).rsplit(".", 2)
+        session = pb.Session.FromString(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        session.seed = 10
+        changed = base64.urlsafe_b64encode(session.SerializeToString()).rstrip(b"=").decode()
+        return f"{prefix}.{changed}.{tag}"
 
     def expired(self) -> str:
         session_id = self.open(seed=9, ttl_seconds=1)
@@ -608,12 +618,48 @@ REQUEST_CASES = [
         ("MaterializeRequest.session_id",),
     ),
     Case(
-        "closed session",
+        "forged session id",
         "Materialize",
-        lambda s: pb.MaterializeRequest(session_id=s.closed(), variables=[GOOD]),
+        lambda s: pb.MaterializeRequest(session_id=s.forged(), variables=[GOOD]),
         MISSING,
         "session_id",
         ("MaterializeRequest.session_id",),
+    ),
+    Case(
+        "session id with changed contents",
+        "Materialize",
+        lambda s: pb.MaterializeRequest(session_id=s.tampered(), variables=[GOOD]),
+        MISSING,
+        "session_id",
+        ("MaterializeRequest.session_id",),
+    ),
+    Case(
+        "sequence_start without a session",
+        "Materialize",
+        pb.MaterializeRequest(seed=1, sequence_start=0, variables=[GOOD]),
+        BAD,
+        "sequence_start",
+        ("MaterializeRequest.sequence_start",),
+    ),
+    Case(
+        "sequence_start with a by-name session",
+        "Materialize",
+        lambda s: pb.MaterializeRequest(session_id=s.open(seed=9), sequence_start=0, variables=[GOOD]),
+        BAD,
+        "sequence_start",
+        ("MaterializeRequest.sequence_start",),
+    ),
+    Case(
+        "sequence_start past the last position",
+        "Materialize",
+        lambda s: pb.MaterializeRequest(
+            session_id=s.open(seed=9, rng_mode=pb.RNG_MODE_SEQUENTIAL),
+            sequence_start=2**32 - 1,
+            variables=[GOOD, GOOD2],
+        ),
+        BAD,
+        "sequence_start",
+        ("MaterializeRequest.sequence_start",),
     ),
     Case(
         "expired session",
@@ -711,9 +757,9 @@ REQUEST_CASES = [
         ("CloseSessionRequest.session_id",),
     ),
     Case(
-        "close a closed session",
+        "close a forged session",
         "CloseSession",
-        lambda s: pb.CloseSessionRequest(session_id=s.closed()),
+        lambda s: pb.CloseSessionRequest(session_id=s.forged()),
         MISSING,
         "session_id",
         ("CloseSessionRequest.session_id",),

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from procstat import rss
 from serverproc import RunningServer, launch
-from service.helpers import assert_serves, fetch, first_response_error, init, metric, rpc_error, var, wait_for
+from service.helpers import assert_serves, fetch, first_response_error, init, metric, var, wait_for
 
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import weightgen_pb2_grpc
@@ -127,23 +127,34 @@ def test_concurrent_streams(limited, limited_stub):
 
 
 def test_sessions(limited, limited_stub):
+    """Sessions are signed ids that hold nothing on a server, so opening is not limited; what
+    --max-sessions bounds is the position counters this server keeps for sequential sessions whose
+    clients do not carry their position (sequence_start)."""
     before = rejections(limited, "sessions")
-    opened = [limited_stub.OpenSession(pb.OpenSessionRequest(seed=n + 1), timeout=30) for n in range(2)]
-    error = rpc_error(lambda: limited_stub.OpenSession(pb.OpenSessionRequest(seed=3), timeout=30))
+    opened = [
+        limited_stub.OpenSession(pb.OpenSessionRequest(seed=n + 1, rng_mode=pb.RNG_MODE_SEQUENTIAL), timeout=30)
+        for n in range(3)
+    ]
+    w = var("w", [3, 3], init(he={}))  # random: it takes a position
+    for session in opened[:2]:  # two counters: the limit
+        assert fetch(limited_stub, pb.MaterializeRequest(session_id=session.session_id, variables=[w]))[0].info.seed
+    third = pb.MaterializeRequest(session_id=opened[2].session_id, variables=[w])
+    error = first_response_error(limited_stub, third)
     assert error.code() == EXHAUSTED, error
-    assert error.details() == "2 sessions are open, the limit is 2 (--max-sessions)", error.details()
+    assert error.details() == (
+        "2 sequential sessions count their positions on this server, the limit is 2 (--max-sessions); "
+        "send sequence_start to need none"
+    ), error.details()
     assert rejections(limited, "sessions") == before + 1
-    assert metric(limited, "weightgen_open_sessions") == 2
-    # The open sessions still work, and closing one makes room.
-    got = fetch(
-        limited_stub, pb.MaterializeRequest(session_id=opened[0].session_id, variables=[var("w", [3], init(he={}))])
+    # Carrying its position, the same session needs no counter; closing a counted one frees its counter.
+    third.sequence_start = 0
+    assert fetch(limited_stub, third)[0].info.sequence_index == 0
+    assert (
+        limited_stub.CloseSession(pb.CloseSessionRequest(session_id=opened[0].session_id), timeout=30).sequence_length
+        == 1
     )
-    assert got[0].info.seed == 1
-    limited_stub.CloseSession(pb.CloseSessionRequest(session_id=opened.pop().session_id), timeout=30)
-    opened.append(limited_stub.OpenSession(pb.OpenSessionRequest(seed=4), timeout=30))
-    for session in opened:
-        limited_stub.CloseSession(pb.CloseSessionRequest(session_id=session.session_id), timeout=30)
-    assert metric(limited, "weightgen_open_sessions") == 0
+    third.ClearField("sequence_start")
+    assert fetch(limited_stub, third)[0].info.sequence_index == 0
     assert rejections(limited, "sessions") == before + 1
 
 
