@@ -1,9 +1,10 @@
-"""Fixtures of the deployment tests: the rendered overlays."""
+"""Fixtures of the deployment tests: the rendered overlays (with the example session key file)."""
 
 from __future__ import annotations
 
 import pytest
-from deployrender import OVERLAYS, rendered
+from deployrender import OVERLAYS
+from deploytree import rendered
 
 
 @pytest.fixture(params=OVERLAYS)

@@ -1,12 +1,18 @@
 """The rendered CPU overlay, run by ``podman kube play``: the Deployment's pod starts from the image
-built from this repository, with the manifest's securityContext, ConfigMap and emptyDirs, serves
-through a loopback hostPort, serves the init container of examples/trainer-job (its command line
-as rendered, run in a container beside the pod), and drains on SIGTERM.
+built from this repository, with the manifest's securityContext, ConfigMap, emptyDirs and session
+key Secret (from deploy/session-keys.example, as in tests/deploy/deploytree.py), serves through a
+loopback hostPort, serves the init container of examples/trainer-job (its command line as rendered,
+run in a container beside the pod), keeps its sessions across a restart (the key comes from the
+Secret, not from the process), and drains on SIGTERM.
 
 Podman ignores gRPC probes (it runs only exec probes), so readiness and liveness are asked from the
 host with grpc.health.v1 on the same service names the probes use. Other kinds (Services, PDB,
 HPA, NetworkPolicy, ServiceMonitor, Namespace) are ignored by podman; tests/deploy/test_manifests.py
-checks them.
+checks them. Podman plays the Secret (as a podman secret and a volume named after it), but ignores
+its volume's defaultMode (test_manifests.py checks the permissions), and podman 4.3 (Debian 12)
+writes each data value still base64-encoded: the file then holds one line, the base64 of the key
+file, itself a valid key, so the server still starts and signs with one key. The played YAML keeps
+each base64 value on one line for that reason (kustomize wraps them at 70 characters).
 
 Where podman (and root, for the offline image build) is missing this test is skipped with a loud
 reason, unless WEIGHTGEN_REQUIRE_PODMAN=1 (as in .ci/run), where it fails instead.
@@ -14,6 +20,7 @@ reason, unless WEIGHTGEN_REQUIRE_PODMAN=1 (as in .ci/run), where it fails instea
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -28,7 +35,8 @@ import containerimage as ci
 import grpc
 import pytest
 import yaml
-from deployrender import DEPLOY, documents, render, rendered
+from deployrender import documents, render
+from deploytree import EXAMPLE_KEYS, rendered, tree
 from google.protobuf import json_format
 
 from weightgen.v1 import weightgen_pb2 as pb
@@ -38,6 +46,7 @@ pytestmark = pytest.mark.timeout(1800)  # may build the image first
 
 READY_TIMEOUT = 300.0
 STOP_TIMEOUT = 60
+SESSION_KEYS_SETTING = "WEIGHTGEN_SESSION_KEYS_FILE"
 
 
 def _podman_usable() -> str:
@@ -63,15 +72,16 @@ def image() -> str:
 
 
 def play_overlay(image: str, port: int, metrics_port: int) -> str:
-    """A kustomization over deploy/overlays/cpu for this machine; returns the rendered YAML.
+    """A kustomization over deploy/overlays/cpu (in the tests' copy of deploy/, with the example
+    session key file) for this machine; returns the rendered YAML.
 
     The only changes: the locally built image (never pulled), one replica, loopback hostPorts for
     the two container ports, and one JAX device per core of this machine."""
-    work = ci.REPO / "build" / "kube-play"
+    work = tree().parent / "kube-play"
     work.mkdir(parents=True, exist_ok=True)
     name, tag = image.rsplit(":", 1)
-    base = "../../deploy/overlays/cpu"  # kustomize wants a relative path
-    assert (work / base).resolve() == (DEPLOY / "overlays" / "cpu").resolve()
+    base = "../deploy/overlays/cpu"  # kustomize wants a relative path
+    assert (work / base).resolve() == (tree() / "overlays" / "cpu").resolve()
     devices = min(4, os.cpu_count() or 1)
     patch = [
         {"op": "add", "path": "/spec/replicas", "value": 1},
@@ -93,7 +103,8 @@ def play_overlay(image: str, port: int, metrics_port: int) -> str:
         "patches": [{"target": {"kind": "Deployment", "name": "weightgen"}, "patch": yaml.safe_dump(patch)}],
     }
     (work / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
-    text = render(work)
+    # The same documents, with every Secret data value on one line (see the module docstring).
+    text = yaml.safe_dump_all(documents(render(work)), sort_keys=False, width=1 << 20)
     (work / "rendered.yaml").write_text(text)
     return text
 
@@ -104,6 +115,31 @@ class Played(ci.Running):
 
     deployment: dict | None = None
     pod: str = ""
+    secret: dict | None = None
+    config: dict | None = None
+
+    def wait_ready(self) -> float:
+        """What the probes would see: unready but alive while warming, then ready (startupProbe);
+        returns the seconds it took."""
+        started = time.monotonic()
+        while True:
+            try:
+                if self.health("weightgen.v1.WeightGen") == "SERVING":
+                    break
+            except grpc.RpcError:
+                pass
+            state = self.state()
+            assert state["Running"], f"exited with {state['ExitCode']}:\n{self.logs()[-6000:]}"
+            assert time.monotonic() - started < READY_TIMEOUT, f"not ready:\n{self.logs()[-6000:]}"
+            time.sleep(0.5)
+        assert self.health("weightgen.liveness") == "SERVING"
+        return time.monotonic() - started
+
+
+def remove_secret(name: str) -> None:
+    """The podman secret and volume that kube play makes from a Secret (kube down leaves them)."""
+    ci.podman("secret", "rm", name, timeout=60, check=False)
+    ci.podman("volume", "rm", "--force", name, timeout=60, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +147,24 @@ def played(image) -> Iterator[Played]:
     """The CPU overlay's pod, played once for the tests of this module (which run in order)."""
     port, metrics_port = ci.free_port(), ci.free_port()
     text = play_overlay(image, port, metrics_port)
-    path = ci.REPO / "build" / "kube-play" / "rendered.yaml"
+    path = tree().parent / "kube-play" / "rendered.yaml"
+    docs = documents(text)
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    remove_secret(secret["metadata"]["name"])  # left by an interrupted run
     proc = ci.podman("kube", "play", "--replace", str(path), timeout=300)
     lines = proc.stdout.split()
     containers = lines[lines.index("Container:") + 1 :] if "Container:" in lines else []
     pods = lines[lines.index("Pod:") + 1 : lines.index("Container:")] if "Container:" in lines else []
     try:
         assert len(pods) == len(containers) == 1, f"expected one pod of one container:\n{proc.stdout}{proc.stderr}"
-        deployment = next(d for d in documents(text) if d["kind"] == "Deployment")
-        yield Played(containers[0], port, metrics_port, deployment=deployment, pod=pods[0])
+        deployment = next(d for d in docs if d["kind"] == "Deployment")
+        config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+        yield Played(
+            containers[0], port, metrics_port, deployment=deployment, pod=pods[0], secret=secret, config=config
+        )
     finally:
         ci.podman("kube", "down", str(path), timeout=120, check=False)
+        remove_secret(secret["metadata"]["name"])
 
 
 def test_pod_runs_as_the_manifest_says_and_serves(played):
@@ -131,23 +174,12 @@ def test_pod_runs_as_the_manifest_says_and_serves(played):
     assert inspected["HostConfig"]["ReadonlyRootfs"] is True
     assert inspected["Config"]["User"].split(":")[0] == str(manifest["securityContext"]["runAsUser"])
     assert not inspected["HostConfig"].get("CapAdd")
-    mounts = {m["Destination"] for m in inspected["Mounts"]}
-    assert {"/var/cache/weightgen", "/tmp"} <= mounts
+    mounts = {m["Destination"]: m for m in inspected["Mounts"]}
+    assert {"/var/cache/weightgen", "/tmp"} <= set(mounts)
+    keys_dir = str(Path(played.config[SESSION_KEYS_SETTING]).parent)
+    assert keys_dir in mounts and mounts[keys_dir]["RW"] is False, "the session keys are not mounted read-only"
 
-    # What the probes would see: unready but alive while warming, then ready (startupProbe).
-    started = time.monotonic()
-    while True:
-        try:
-            if played.health("weightgen.v1.WeightGen") == "SERVING":
-                break
-        except grpc.RpcError:
-            pass
-        state = played.state()
-        assert state["Running"], f"exited with {state['ExitCode']}:\n{played.logs()[-6000:]}"
-        assert time.monotonic() - started < READY_TIMEOUT, f"not ready:\n{played.logs()[-6000:]}"
-        time.sleep(0.5)
-    print(f"ready after {time.monotonic() - started:.1f} s")
-    assert played.health("weightgen.liveness") == "SERVING"
+    print(f"ready after {played.wait_ready():.1f} s")
 
     # The service answers a Materialize through the hostPort, and /metrics through the other.
     request = pb.MaterializeRequest(
@@ -212,6 +244,48 @@ def test_trainer_init_container_fetches_from_the_pod(played, image, tmp_path):
         array = tensors[variable.name]
         assert list(array.shape) == list(variable.shape), variable.name
         assert array.tobytes() == bytes(streamed[i]), f"{variable.name}: the file differs from the stream"
+
+
+def materialize(played: Played, request: pb.MaterializeRequest) -> bytes:
+    with grpc.insecure_channel(played.address) as channel:
+        chunks = list(weightgen_pb2_grpc.WeightGenStub(channel).Materialize(request, timeout=60))
+    return b"".join(c.data for c in chunks)
+
+
+def test_sessions_survive_a_restart(played):
+    """The server signs sessions with the key from the Secret (not a random key of its process), so
+    a session opened before a restart is served after it, as any replica sharing the Secret would."""
+    # The Secret's file, as the server reads it: the example key file (a podman that decodes the
+    # data) or, with podman 4.3, one line holding its base64.
+    path = played.config[SESSION_KEYS_SETTING]
+    inside = ci.podman("exec", played.name, "cat", path).stdout
+    example = EXAMPLE_KEYS.read_text()
+    assert inside in (example, base64.b64encode(example.encode()).decode()), inside
+    assert "no --session-keys-file" not in played.logs(), "the server did not get the key file"
+
+    variables = [pb.VariableSpec(name="w", shape=[64, 32], initializer=pb.Initializer(he=pb.He()))]
+    with grpc.insecure_channel(played.address) as channel:
+        stub = weightgen_pb2_grpc.WeightGenStub(channel)
+        by_name = stub.OpenSession(pb.OpenSessionRequest(seed=11), timeout=30).session_id
+        sequential = stub.OpenSession(
+            pb.OpenSessionRequest(seed=12, rng_mode=pb.RNG_MODE_SEQUENTIAL), timeout=30
+        ).session_id
+    before = materialize(played, pb.MaterializeRequest(session_id=by_name, variables=variables))
+    before_sequential = materialize(
+        played, pb.MaterializeRequest(session_id=sequential, variables=variables, sequence_start=0)
+    )
+
+    ci.podman("restart", "--time", str(STOP_TIMEOUT), played.name, timeout=STOP_TIMEOUT + 30)
+    print(f"ready again after {played.wait_ready():.1f} s")
+    assert materialize(played, pb.MaterializeRequest(session_id=by_name, variables=variables)) == before
+    after_sequential = materialize(
+        played, pb.MaterializeRequest(session_id=sequential, variables=variables, sequence_start=0)
+    )
+    assert after_sequential == before_sequential
+    # Without sequence_start a sequential session needs the process that opened it.
+    with pytest.raises(grpc.RpcError) as failed:
+        materialize(played, pb.MaterializeRequest(session_id=sequential, variables=variables))
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION, failed.value
 
 
 def test_sigterm_drains_and_exits_zero(played):

