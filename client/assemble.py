@@ -207,10 +207,16 @@ class Assembler:
         reported (sequential sessions: in its info, or for a variable that never started, in the
         stream's first chunk). A request with seed 0 resumes with the seed the server picked. A
         sequential session's variable whose position is unknown cannot resume unless nothing at all
-        arrived (the request was refused before it started)."""
+        arrived (the request was refused before it started, or its first chunk was lost).
+
+        The original's ``sequence_start`` is kept: when nothing arrived, the variables are asked for
+        as before and must take the same positions; otherwise every variable that takes a position
+        has an explicit ``sequence_index`` (and the others take none), so it shifts nothing."""
         request = pb.MaterializeRequest(
             session_id=original.session_id, seed=original.seed, chunk_bytes=original.chunk_bytes
         )
+        if original.HasField("sequence_start"):
+            request.sequence_start = original.sequence_start
         if not request.session_id and not request.seed:
             request.seed = next((s.info.seed for s in self._states if s.info is not None and not s.spec.seed), 0)
         nothing_arrived = all(s.info is None for s in self._states)

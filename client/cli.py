@@ -86,7 +86,8 @@ def _add_connection(parser: argparse.ArgumentParser, default: str = DEFAULT_TARG
     group.add_argument(
         "--server",
         default=None,
-        help=f"HOST:PORT of the server [env {SERVER_ENV}; default {default}]",
+        help=f"HOST:PORT of the server, or replicas to balance over: IP:PORT,IP:PORT or dns:///NAME:PORT "
+        f"[env {SERVER_ENV}; default {default}]",
     )
     group.add_argument("--token-file", help="file holding the bearer token (first non-comment line)")
     group.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca-file)")
@@ -94,6 +95,13 @@ def _add_connection(parser: argparse.ArgumentParser, default: str = DEFAULT_TARG
     group.add_argument("--cert-file", help="PEM client certificate, for mutual TLS (with --key-file)")
     group.add_argument("--key-file", help="PEM client private key, for mutual TLS")
     group.add_argument("--timeout", type=float, default=None, help="seconds each call may take (default: no limit)")
+    group.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=120.0,
+        help="keep retrying a call (a restarting, warming or draining server) until it made no progress for "
+        "this long (default 120)",
+    )
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -130,6 +138,7 @@ def _client(args: argparse.Namespace, fallback: str = DEFAULT_TARGET, **kwargs) 
         root_certificates=_read(args.ca_file, "CA file") if tls is True else None,
         token=token,
         timeout=args.timeout,
+        retry_seconds=args.retry_seconds,
         **kwargs,
     )
 
@@ -320,7 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--seed", type=int, default=None, help="the request's seed (overrides the spec's; 0 = random)")
     fetch.add_argument("--chunk-bytes", type=int, default=None, help="largest chunk (default: the server's, 1 MiB)")
     fetch.add_argument("--streams", type=int, default=1, help="concurrent streams (default 1)")
-    fetch.add_argument("--retries", type=int, default=3, help="failed attempts in a row before giving up (default 3)")
+    fetch.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="also give up after this many failed attempts in a row (default: only --retry-seconds)",
+    )
     fetch.add_argument("--no-verify", action="store_true", help="skip digest verification (not recommended)")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_connection(fetch)

@@ -14,10 +14,19 @@ variable's digest is verified (``verify=False`` skips it). A stream broken by th
 (UNAVAILABLE, INTERNAL, UNKNOWN, or DEADLINE_EXCEEDED after progress) resumes where it stopped:
 only unfinished variables are asked for again, from the first missing byte, with the seed and
 sequence position the server reported, so the result is the bytes an unbroken stream would give.
+
+Many replicas act as one server. A target that names several addresses (``ipv4:10.0.0.1:50051,
+10.0.0.2:50051``, or ``10.0.0.1:50051,10.0.0.2:50051``) or a DNS name (``dns:///weightgen-headless:50051``)
+balances RPCs over them with gRPC's ``round_robin``; a failed call is retried, on whichever replica
+is up, until a stream has made no progress for `retry_seconds` (a replica's restart and warm-up
+included), and a sequential session's position travels with the client (`Session.next_position`,
+sent as ``sequence_start``), so any replica serves any request of it.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import queue
 import random
 import secrets
@@ -47,6 +56,13 @@ RECEIVE_LIMIT = wire.MAX_MESSAGE_BYTES + (64 << 10)
 """The largest message the client accepts: a maximal chunk with its framing, plus room to spare."""
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 """Statuses after which a stream is resumed; DEADLINE_EXCEEDED too, once the stream made progress."""
+SERVER_ERROR_RETRIES = 3
+"""INTERNAL or UNKNOWN without progress this many times in a row is the server's answer, not a
+hiccup: given up even within the time budget (UNAVAILABLE is retried for the whole budget)."""
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+"""The service config of a channel to a fleet: every RPC to the next ready replica."""
+SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds", "google-c2p"})
+"""gRPC target schemes; anything else before the first colon is a host name."""
 
 Variables = pb.MaterializeRequest | VariableLike | Iterable[VariableLike]
 Progress = Callable[[int, int], None]
@@ -61,6 +77,7 @@ class _Calls:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: set[Any] = set()
+        self._stopping = threading.Event()
         self.stopped = False
 
     def add(self, call: Any) -> None:
@@ -77,8 +94,89 @@ class _Calls:
         with self._lock:
             self.stopped = True
             calls = list(self._calls)
+        self._stopping.set()
         for call in calls:
             call.cancel()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep `seconds` (a backoff), or less if the fetch is stopped meanwhile; True if it was."""
+        return self._stopping.wait(seconds)
+
+
+class _Budget:
+    """When a failed call is tried again, and when it is given up: once it has made no progress for
+    `retry_seconds`, or (with `retries`) after that many failed attempts in a row. Waits between
+    attempts grow exponentially from `backoff` to `max_backoff`, with jitter."""
+
+    def __init__(self, client: Client):
+        self.seconds = client.retry_seconds
+        self.cap = client.retries
+        self.base = client.backoff
+        self.ceiling = client.max_backoff
+        self.since = time.monotonic()  # the last progress (or the first attempt)
+        self.failures = 0  # failed attempts in a row without progress
+        self.server_errors = 0  # of which the latest ones in a row were INTERNAL or UNKNOWN
+        self.attempts = 0
+
+    def remaining(self) -> float:
+        """Seconds left before the budget runs out (<= 0: it has)."""
+        return self.seconds - (time.monotonic() - self.since)
+
+    def delay(self, code: grpc.StatusCode, progressed: bool) -> float | None:
+        """After a failed, retryable attempt: seconds to wait before the next one, or None to give up."""
+        self.attempts += 1
+        if progressed:
+            self.since = time.monotonic()
+            self.failures = self.server_errors = 0
+        else:
+            self.failures += 1
+            server_error = code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+            self.server_errors = self.server_errors + 1 if server_error else 0
+        if self.cap is not None:
+            if self.failures > self.cap:
+                return None
+        elif self.server_errors > SERVER_ERROR_RETRIES:
+            return None
+        remaining = self.remaining()
+        if remaining <= 0:
+            return None
+        return min(remaining, min(self.ceiling, self.base * 2**self.failures) * random.uniform(0.5, 1.0))
+
+    def gave_up(self, error: errors.WeightgenError) -> errors.WeightgenError:
+        """`error`, its message saying how long and how often it was tried."""
+        waited = self.seconds - self.remaining()
+        note = f" (given up after {self.attempts} failed attempt(s), {waited:.1f} s without progress"
+        note += f"; retry_seconds={self.seconds:g}" + (f", retries={self.cap})" if self.cap is not None else ")")
+        return type(error)(error.code, error.message + note)
+
+
+class _Watchdog:
+    """Cancels a call that has not answered within `seconds`: a retried call waits for a server
+    (wait_for_ready), but no longer than the retry budget allows."""
+
+    def __init__(self, call: Any, seconds: float):
+        self._call = call
+        self._lock = threading.Lock()
+        self._answered = False
+        self.fired = False
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._answered:
+                return
+            self.fired = True
+        self._call.cancel()
+
+    def answered(self) -> None:
+        with self._lock:
+            self._answered = True
+        self._timer.cancel()
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 class _Counter:
@@ -99,12 +197,23 @@ class _Counter:
 
 class Session:
     """An open server session: a seed scope with an RNG mode and defaults. Its methods mirror the
-    client's, with the session applied; use it as a context manager, or call `close()`."""
+    client's, with the session applied; use it as a context manager, or call `close()`.
 
-    def __init__(self, client: Client, message: pb.Session):
+    A sequential session's position is the client's: `next_position` (0 for a new session) is sent
+    with every request as ``sequence_start``, so the request's random variables take positions
+    ``next_position, next_position + 1, ...`` in request order on whichever replica serves it, and
+    it moves one past the last position the server reports (on the stream's first chunk: positions
+    count as taken from then on, even if the stream later fails or is abandoned, so no two variables
+    ever share one; `resume_at` asks for the same ones again). Requests of one sequential session
+    therefore go one at a time. A session continued elsewhere (another process or rank, given the
+    `message` and the position) starts with ``next_position=`` or `resume_at`."""
+
+    def __init__(self, client: Client, message: pb.Session, *, next_position: int = 0):
         self.client = client
         self.message = message
         self.closed = False
+        self.next_position = 0
+        self.resume_at(next_position)
 
     @property
     def id(self) -> str:
@@ -121,6 +230,17 @@ class Session:
     @property
     def default_dtype(self) -> int:
         return self.message.default_dtype or pb.DTYPE_FLOAT32
+
+    def resume_at(self, position: int) -> Session:
+        """Continue the session at `position`: its next random variable takes that position (a
+        sequential session re-attached in another process, or after the positions another rank
+        used). Returns the session."""
+        if not 0 <= position < 1 << 32:
+            raise ValueError(f"a sequential position is in [0, 2**32), got {position}")
+        if position and not self.sequential:
+            raise ValueError("only a sequential session has positions; this one is by name")
+        self.next_position = position
+        return self
 
     def open_request(self) -> pb.OpenSessionRequest:
         """The OpenSessionRequest that opens an equivalent session (for manifests and `verify`)."""
@@ -144,10 +264,12 @@ class Session:
         return self.client.materialize_to_file(variables, path, session=self, **kwargs)
 
     def close(self) -> int:
-        """Close the session; returns how many sequential positions it used (0 in by-name mode)."""
-        response = self.client._unary(self.client._stub.CloseSession, pb.CloseSessionRequest(session_id=self.id))
+        """Close the session; returns how many sequential positions it used, as this client counted
+        them (`next_position`; 0 in by-name mode). The id stays valid on every replica until it
+        expires: closing tells the server it may forget what it holds for the session."""
+        self.client._unary(self.client._stub.CloseSession, pb.CloseSessionRequest(session_id=self.id))
         self.closed = True
-        return response.sequence_length
+        return self.next_position if self.sequential else 0
 
     def __enter__(self) -> Session:
         return self
@@ -157,19 +279,89 @@ class Session:
             self.close()
 
     def __repr__(self) -> str:
-        mode = "sequential" if self.sequential else "by_name"
-        return f"Session(id={self.id!r}, seed={self.seed}, rng_mode={mode!r})"
+        mode = f"'sequential', next_position={self.next_position}" if self.sequential else "'by_name'"
+        return f"Session(id={self.id!r}, seed={self.seed}, rng_mode={mode})"
+
+
+class _Positions:
+    """Moves a sequential session's `next_position` past the positions the server reports for a
+    request's variables that took one (not those given a `sequence_index`, which take none)."""
+
+    def __init__(self, session: Session, request: pb.MaterializeRequest):
+        self._session = session
+        self._given = [spec.HasField("sequence_index") for spec in request.variables]
+        self._top = -1
+
+    def report(self, index: int, position: int) -> None:
+        """Variable `index` of the request is at `position` (-1: none)."""
+        if position > self._top and not self._given[index]:
+            self._top = position
+            self._session.next_position = position + 1
+
+
+def fleet_target(target: str) -> tuple[str, bool]:
+    """(the gRPC target for `target`, whether it names a fleet to balance over). Several addresses
+    (``ipv4:a:p,b:p``, ``ipv6:[a]:p,[b]:p``) and DNS names (``dns:///name:port``) are fleets; a
+    list without a scheme is read as ``ipv4:``/``ipv6:`` when every entry is an IP literal with a
+    port, and refused otherwise (gRPC resolves one name per channel)."""
+    scheme, colon, rest = target.partition(":")
+    if colon and scheme.lower() in SCHEMES:
+        scheme = scheme.lower()
+        if scheme == "dns":
+            return target, True
+        return target, scheme in ("ipv4", "ipv6") and "," in rest
+    if "," not in target:
+        return target, False
+    entries = [entry.strip() for entry in target.split(",")]
+    families = {_ip_family(entry) for entry in entries}
+    if len(families) == 1 and None not in families:
+        family = families.pop()
+        return f"{family}:{','.join(entries)}", True
+    raise ValueError(
+        f"target {target!r}: a list of addresses is IP literals with ports, all IPv4 "
+        "('ipv4:10.0.0.1:50051,10.0.0.2:50051', or without the 'ipv4:') or all IPv6 "
+        "('ipv6:[fd00::1]:50051,[fd00::2]:50051'); for host names, use one DNS name that resolves to "
+        "every replica ('dns:///weightgen-headless.weightgen.svc.cluster.local:50051', a headless "
+        "Service), or one Client per host"
+    )
+
+
+def _ip_family(entry: str) -> str | None:
+    """'ipv4' or 'ipv6' for an IP literal with a port (``10.0.0.1:50051``, ``[fd00::1]:50051``)."""
+    host, colon, port = entry.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        return None
+    if address.version == 6:
+        return "ipv6" if bracketed else None
+    return None if bracketed else "ipv4"
 
 
 class Client:
-    """A connection to a weightgen server.
+    """A connection to a weightgen server, or to a fleet of its replicas.
 
-    `target` is ``host:port``. `tls` is False, True (system roots or `root_certificates`, PEM
-    bytes) or a ready `grpc.ChannelCredentials` (mutual TLS). `token` is sent as a bearer token.
-    `timeout` (seconds) bounds each call; `chunk_bytes` is the largest chunk asked for: by default
-    the largest that fits gRPC's 4 MiB message limit, the fastest in bench/e2e_fetch.py (0 = the
-    server's default, 1 MiB); `verify` checks every digest; `retries` is how many failed attempts in a row
-    a stream may have before the error is raised (an attempt that delivers bytes resets the count)."""
+    `target` is ``host:port``, or several replicas to balance RPCs over with gRPC's ``round_robin``:
+    ``ipv4:10.0.0.1:50051,10.0.0.2:50051`` (the ``ipv4:`` may be left out; ``ipv6:[a]:p,[b]:p``
+    likewise), or a DNS name that resolves to every replica, ``dns:///weightgen-headless:50051``
+    (`fleet_target`). A ``grpc.service_config`` or ``grpc.lb_policy_name`` in `options` replaces
+    that default; a plain ``host:port`` keeps gRPC's ``pick_first``. `tls` is False, True (system
+    roots or `root_certificates`, PEM bytes) or a ready `grpc.ChannelCredentials` (mutual TLS).
+    `token` is sent as a bearer token. `timeout` (seconds) bounds each call; `chunk_bytes` is the
+    largest chunk asked for: by default the largest that fits gRPC's 4 MiB message limit, the
+    fastest in bench/e2e_fetch.py (0 = the server's default, 1 MiB); `verify` checks every digest.
+
+    Failed calls are retried for `retry_seconds` without progress (default 120 s: a replica's
+    restart and warm-up): a broken stream resumes from the first missing byte, UNAVAILABLE (a server
+    down, warming up or draining) is retried for streams and for OpenSession, CloseSession and
+    ListInitializers, with exponential backoff (`backoff` to `max_backoff` seconds, with jitter),
+    and every retried call waits for a server to be ready (gRPC's wait_for_ready) for at most the
+    budget left. INTERNAL and UNKNOWN without progress are given up after 3 in a row. `retries`,
+    if given, also caps the failed attempts in a row (an attempt that delivers bytes resets the
+    count); None: only the time budget."""
 
     def __init__(
         self,
@@ -181,7 +373,8 @@ class Client:
         timeout: float | None = None,
         chunk_bytes: int = wire.MAX_CHUNK_BYTES,
         verify: bool = True,
-        retries: int = 3,
+        retries: int | None = None,
+        retry_seconds: float = 120.0,
         options: Sequence[tuple[str, Any]] = (),
     ):
         if chunk_bytes and not wire.MIN_CHUNK_BYTES <= chunk_bytes <= wire.MAX_CHUNK_BYTES:
@@ -189,17 +382,33 @@ class Client:
                 f"chunk_bytes must be 0 (the server's default) or in [{wire.MIN_CHUNK_BYTES}, {wire.MAX_CHUNK_BYTES}], "
                 f"got {chunk_bytes}"
             )
+        if retries is not None and retries < 0:
+            raise ValueError(f"retries must be None (no cap) or >= 0, got {retries}")
+        if not retry_seconds >= 0:
+            raise ValueError(f"retry_seconds must be >= 0, got {retry_seconds}")
+        target, fleet = fleet_target(target)
         self.target = target
         self.timeout = timeout
         self.chunk_bytes = chunk_bytes
         self.verify = verify
         self.retries = retries
+        self.retry_seconds = float(retry_seconds)
         self.backoff = 0.1
+        self.max_backoff = 5.0
+        given = {name for name, _ in options}
         channel_options = [
             ("grpc.max_receive_message_length", RECEIVE_LIMIT),
             ("grpc.max_send_message_length", -1),
             *options,
         ]
+        if "grpc.max_reconnect_backoff_ms" not in given:
+            # gRPC's default reaches 120 s between reconnections: a replica back after a minute
+            # would wait that long for a call that is waiting for it.
+            channel_options.append(("grpc.max_reconnect_backoff_ms", 5000))
+        # True when this client balances with round_robin: a fleet, and no balancing option of the caller's.
+        self.balanced = fleet and not given & {"grpc.service_config", "grpc.lb_policy_name"}
+        if self.balanced:
+            channel_options.append(("grpc.service_config", ROUND_ROBIN))
         if isinstance(tls, grpc.ChannelCredentials):
             self._channel = grpc.secure_channel(target, tls, options=channel_options)
         elif tls or root_certificates is not None:
@@ -229,16 +438,41 @@ class Client:
         return f"Client({self.target!r})"
 
     def _unary(self, method: Callable[..., Any], request: Any) -> Any:
-        try:
-            return method(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as e:
-            raise errors.from_rpc_error(e) from None
+        """One unary call; UNAVAILABLE is retried within the time budget, each retry waiting for a
+        server (wait_for_ready) for at most the budget left."""
+        budget = _Budget(self)
+        waiting = False
+        while True:
+            timeout = self.timeout
+            if waiting:
+                left = max(budget.remaining(), 0.0)
+                timeout = left if timeout is None else min(timeout, left)
+            try:
+                return method(
+                    request, timeout=timeout, metadata=self._metadata, wait_for_ready=True if waiting else None
+                )
+            except grpc.RpcError as e:
+                error, code = errors.from_rpc_error(e), e.code()
+            if waiting and code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                # The call waited for a server to be ready all along: the servers are still unavailable.
+                error = errors.Unavailable(None, f"no server was ready: {error.message}")
+                code = grpc.StatusCode.UNAVAILABLE
+            if code != grpc.StatusCode.UNAVAILABLE:
+                raise error
+            delay = budget.delay(code, progressed=False)
+            if delay is None:
+                raise budget.gave_up(error)
+            time.sleep(delay)
+            waiting = True
 
     def request(
         self, variables: Variables, *, seed: int = 0, session: Session | str | None = None
     ) -> pb.MaterializeRequest:
         """The MaterializeRequest for `variables` (or a copy of a given request, with `seed`,
-        `session` and the client's chunk size applied where set)."""
+        `session` and the client's chunk size applied where set). A sequential `Session` adds its
+        position as ``sequence_start`` (unless the request has one); a session given by its id
+        alone sends none, so the server that opened it counts its positions (elsewhere it refuses
+        with FAILED_PRECONDITION): pass the `Session` to use any replica."""
         if isinstance(variables, pb.MaterializeRequest):
             request = pb.MaterializeRequest()
             request.CopyFrom(variables)
@@ -248,6 +482,8 @@ class Client:
             request.seed = seed
         if session is not None:
             request.session_id = session.id if isinstance(session, Session) else session
+        if isinstance(session, Session) and session.sequential and not request.HasField("sequence_start"):
+            request.sequence_start = session.next_position
         if self.chunk_bytes and not request.chunk_bytes:
             request.chunk_bytes = self.chunk_bytes
         if not request.variables:
@@ -260,13 +496,24 @@ class Client:
         self, variables: Variables, *, seed: int = 0, session: Session | str | None = None
     ) -> Iterator[wire.Chunk]:
         """The raw decoded TensorChunks of one Materialize call, as they arrive (no reassembly,
-        no digest check, no resume)."""
-        call = self._materialize(
-            self.request(variables, seed=seed, session=session), timeout=self.timeout, metadata=self._metadata
-        )
+        no digest check, no resume; a sequential session's position still advances)."""
+        request = self.request(variables, seed=seed, session=session)
+        positions = _Positions(session, request) if isinstance(session, Session) and session.sequential else None
+        call = self._materialize(request, timeout=self.timeout, metadata=self._metadata)
         try:
             for raw in call:
-                yield wire.decode_chunk(raw)
+                chunk = wire.decode_chunk(raw)
+                if positions is not None:
+                    for i, position in enumerate(chunk.sequence_indexes[: len(request.variables)]):
+                        positions.report(i, position)
+                    info = chunk.info
+                    if (
+                        info is not None
+                        and info.HasField("sequence_index")
+                        and chunk.variable_index < len(request.variables)
+                    ):
+                        positions.report(chunk.variable_index, info.sequence_index)
+                yield chunk
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e) from None
         finally:
@@ -371,9 +618,10 @@ class Client:
         groups = balance(sizes, streams)
         calls = _Calls()
         if len(groups) <= 1:
+            taken = _Positions(session, request) if isinstance(session, Session) and session.sequential else None
             try:
                 yield from self._attempts(
-                    request, list(range(len(request.variables))), sink, sequential, counter, calls
+                    request, list(range(len(request.variables))), sink, sequential, counter, calls, taken
                 )
             finally:
                 calls.stop()
@@ -435,19 +683,32 @@ class Client:
         sequential: bool,
         counter: _Counter,
         calls: _Calls,
+        taken: _Positions | None = None,
     ) -> Iterator[tuple[int, Tensor]]:
-        """One Materialize call and as many resumed ones as a broken stream needs."""
+        """One Materialize call and as many resumed ones as a broken stream needs, within the
+        retry budget. `taken` follows the positions a sequential session's variables take."""
         assembler = Assembler(request.variables, sink, verify=self.verify, keys=keys, on_bytes=counter)
         current, positions = request, list(range(len(request.variables)))
-        failures = attempt = 0
+        budget = _Budget(self)
+        attempt = 0
         while True:
             before = (assembler.received, len(assembler.pending))
-            call = self._materialize(current, timeout=self.timeout, metadata=self._metadata)
+            # A retry waits for a server to be ready (one restarting, or another replica), within the budget.
+            waiting = attempt > 0
+            call = self._materialize(
+                current, timeout=self.timeout, metadata=self._metadata, wait_for_ready=True if waiting else None
+            )
             calls.add(call)
+            watchdog = _Watchdog(call, budget.remaining()) if waiting else None
+            answered = False
             error: errors.WeightgenError
             code: grpc.StatusCode
             try:
                 for raw in call:
+                    if not answered:
+                        answered = True
+                        if watchdog is not None:
+                            watchdog.answered()
                     chunk = wire.decode_chunk(raw)
                     if self._fault is not None:
                         chunk = self._fault(attempt, chunk)
@@ -457,11 +718,15 @@ class Client:
                         raise errors.ProtocolError(
                             None, f"chunk for variable index {chunk.variable_index}, the request has {len(positions)}"
                         )
-                    if chunk.sequence_indexes:
-                        assembler.note_positions(
-                            {positions[i]: p for i, p in enumerate(chunk.sequence_indexes) if i < len(positions)}
-                        )
                     index = positions[chunk.variable_index]
+                    if chunk.sequence_indexes:
+                        reported = {positions[i]: p for i, p in enumerate(chunk.sequence_indexes) if i < len(positions)}
+                        assembler.note_positions(reported)
+                        if taken is not None:
+                            for i, p in reported.items():
+                                taken.report(i, p)
+                    if taken is not None and chunk.info is not None and chunk.info.HasField("sequence_index"):
+                        taken.report(index, chunk.info.sequence_index)
                     tensor = assembler.feed(index, chunk)
                     if tensor is not None:
                         yield keys[index], tensor
@@ -475,19 +740,32 @@ class Client:
                 if calls.stopped:
                     raise errors.Cancelled(None, "the fetch was stopped") from None
                 error, code = errors.from_rpc_error(e), e.code()
+                if watchdog is not None and watchdog.fired:
+                    error = errors.Unavailable(None, "no server answered the resumed request in the retry budget")
+                    code = grpc.StatusCode.UNAVAILABLE
+                elif waiting and not answered and code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # It waited for a server to be ready until its timeout: the servers are still unavailable.
+                    error = errors.Unavailable(None, f"no server was ready: {error.message}")
+                    code = grpc.StatusCode.UNAVAILABLE
             except _CutError:
                 error = errors.Unavailable(None, "the stream was cut (test fault)")
                 code = grpc.StatusCode.UNAVAILABLE
             finally:
+                if watchdog is not None:
+                    watchdog.stop()
                 call.cancel()
                 calls.discard(call)
             progressed = (assembler.received, len(assembler.pending)) != before
-            retryable = code in RETRYABLE or (code == grpc.StatusCode.DEADLINE_EXCEEDED and progressed)
-            failures = 0 if progressed else failures + 1
-            if not retryable or failures > self.retries:
+            if not (code in RETRYABLE or (code == grpc.StatusCode.DEADLINE_EXCEEDED and progressed)):
                 raise error
+            delay = budget.delay(code, progressed)
+            if delay is None:
+                raise budget.gave_up(error)
+            if calls.wait(delay):
+                raise errors.Cancelled(None, "the fetch was stopped")
             attempt += 1
-            time.sleep(min(2.0, self.backoff * 2**failures) * random.uniform(0.5, 1.0))
+            # The same sequence_start, and every started or placed variable at its own position:
+            # nothing shifts (Assembler.resume_request).
             current, positions = assembler.resume_request(request, sequential=sequential)
 
     # -- sessions and discovery ------------------------------------------------------------------
@@ -502,7 +780,14 @@ class Client:
     ) -> Session:
         """Open a session: `seed` (0 = the server picks), `rng_mode` ``by_name`` or ``sequential``
         (GoMLX's order-dependent stream), defaults for variables that name no initializer or dtype,
-        and an idle TTL (0 = the server's default)."""
+        and a TTL from the opening (0 = the server's default).
+
+        The session's id carries the session (signed by the fleet), so any replica serves it. A
+        sequential session's position is kept here, in `Session.next_position` (from 0), and sent
+        with each request, so its requests may go to any replica too, one at a time; to continue
+        it in another process, pass `session.message` and the position to `attach_session`. Give
+        the `Session` to `materialize` and friends: a session given by its id string sends no
+        position (the replica that opened it counts them, and resumes assume it is sequential)."""
         request = pb.OpenSessionRequest(
             seed=seed,
             rng_mode=enum_value(pb.RngMode.DESCRIPTOR, rng_mode),
@@ -514,8 +799,16 @@ class Client:
             request.default_initializer.CopyFrom(message)
         return Session(self, self._unary(self._stub.OpenSession, request))
 
+    def attach_session(self, message: pb.Session | bytes, *, next_position: int = 0) -> Session:
+        """A session opened elsewhere (its `Session.message`, or that serialized), continued here
+        at `next_position` (sequential sessions: the position its next random variable takes)."""
+        if isinstance(message, bytes):
+            message = pb.Session.FromString(message)
+        return Session(self, message, next_position=next_position)
+
     def close_session(self, session_id: str) -> int:
-        """Close a session by id; returns its sequence length."""
+        """Close a session by id; returns the position counter the server kept for it (sequential
+        sessions whose requests carried no position), else 0."""
         return self._unary(self._stub.CloseSession, pb.CloseSessionRequest(session_id=session_id)).sequence_length
 
     def list_initializers(self) -> pb.ListInitializersResponse:
@@ -527,4 +820,4 @@ class _CutError(Exception):
     """Raised inside a fetch when the test fault hook cuts the stream."""
 
 
-__all__ = ["DEFAULT_TARGET", "Client", "Session", "Tensor"]
+__all__ = ["DEFAULT_TARGET", "Client", "Session", "Tensor", "fleet_target"]

@@ -23,15 +23,15 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
 class BreakingProxy:
     """A loopback TCP proxy to `target`. Connection number n (from 0) is cut, both ways, once
     `cut_after(n)` bytes went from the server to the client (None: never cut). A real transport
-    failure, as a client sees a crashed server or a dropped network."""
+    failure, as a client sees a crashed server or a dropped network. `port` 0 picks a free one."""
 
-    def __init__(self, target: str, cut_after: Callable[[int], int | None]):
-        host, port = target.rsplit(":", 1)
-        self._target = (host, int(port))
+    def __init__(self, target: str, cut_after: Callable[[int], int | None], port: int = 0):
+        host, target_port = target.rsplit(":", 1)
+        self._target = (host, int(target_port))
         self._cut_after = cut_after
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind(("127.0.0.1", port))
         self._listener.listen(16)
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         self.connections = 0

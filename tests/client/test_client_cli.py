@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,16 @@ def test_errors_and_exit_codes(server, tmp_path):
     missing = weightgen("inspect", str(tmp_path / "nope.safetensors"), check=False)
     assert missing.returncode == 2
     assert weightgen("frobnicate", check=False).returncode == 2
+
+
+def test_retry_seconds_and_lists_of_replicas(server):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = weightgen("list", "--server", f"127.0.0.1:{port}", "--retry-seconds", "1", check=False)
+    assert down.returncode == 1 and "error: UNAVAILABLE" in down.stderr and "retry_seconds=1" in down.stderr
+    # A list of addresses is a fleet (the same replica twice here); host names must be one DNS name.
+    listed = weightgen("list", "--json", "--server", f"{server.address},{server.address}")
+    assert '"generator": "weightgen/1"' in listed.stdout
+    names = weightgen("list", "--server", "replica-a:50051,replica-b:50051", check=False)
+    assert names.returncode == 2 and "dns:///" in names.stderr, names.stderr
