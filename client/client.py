@@ -59,8 +59,13 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, gr
 SERVER_ERROR_RETRIES = 3
 """INTERNAL or UNKNOWN without progress this many times in a row is the server's answer, not a
 hiccup: given up even within the time budget (UNAVAILABLE is retried for the whole budget)."""
-ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-"""The service config of a channel to a fleet: every RPC to the next ready replica."""
+ROUND_ROBIN = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": "weightgen.v1.WeightGen"}}
+)
+"""The service config of a channel to a fleet: every RPC to the next replica whose health service
+says SERVING, so draining and warming replicas get no new calls (bench/README.md "Fleet": during a
+drain, a third of new calls went to the draining replica and waited for a retry; with health
+checking none did). The health service needs no token."""
 SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds", "google-c2p"})
 """gRPC target schemes; anything else before the first colon is a host name."""
 

@@ -384,3 +384,27 @@ def test_a_stream_cut_on_one_replica_resumes_on_another(start_server):
     with Client(survivor.address, chunk_bytes=1 << 20) as client:
         reference = client.materialize([BIG], seed=23)["big"]
     assert same_bytes(array, reference)
+
+
+def test_a_draining_replica_gets_no_new_calls(start_server):
+    """The balanced client asks each replica's health service and sends new calls only to SERVING
+    ones: while one replica drains (a held stream keeps it draining), every new call goes to the
+    other, and none is first refused with UNAVAILABLE and retried."""
+    draining = start_server(*WARM, "--grace-seconds", "120")
+    serving = start_server(*WARM)
+    pair_ = [draining, serving]
+    unavailable = 'code="UNAVAILABLE",method="Materialize"'
+    with Client(draining.address) as holder:
+        held = holder.iter_chunks([BIG], seed=1)
+        next(held)  # a stream in flight: the drain waits for it
+        draining.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: '"draining"' in draining.log(), "the replica to drain")
+        before = _served(pair_)
+        with Client(f"ipv4:{draining.address},{serving.address}") as client:
+            for seed in range(1, 11):
+                client.materialize([Variable("x", (4,), "he")], seed=seed)
+        wait_for(lambda: sum(_served(pair_)) == sum(before) + 10, "the servers to count the calls")
+        assert [after - b for after, b in zip(_served(pair_), before, strict=True)] == [0, 10]
+        assert draining.metric("weightgen_requests_total", unavailable) == 0, "a call reached the draining replica"
+        held.close()
+    assert draining.proc.wait(60) == 0
