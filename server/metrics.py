@@ -61,7 +61,11 @@ class Metrics:
                 "weightgen_request_seconds", "Duration of RPCs, by method", ["method"], buckets=_SECONDS, registry=r
             ),
             active_streams=Gauge("weightgen_active_streams", "Materialize streams in progress", registry=r),
-            open_sessions=Gauge("weightgen_open_sessions", "Sessions open", registry=r),
+            open_sessions=Gauge(
+                "weightgen_open_sessions",
+                "Sessions this server holds something for (a verified id cached, a position counter)",
+                registry=r,
+            ),
             cancelled_streams=Counter(
                 "weightgen_cancelled_streams", "Materialize streams stopped by the client or a deadline", registry=r
             ),

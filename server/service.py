@@ -88,6 +88,7 @@ class WeightGenService:
         self.engine = engine
         self.metrics = metrics
         self.sessions = sessions
+        metrics.open_sessions.set_function(lambda: len(sessions))  # read at scrape time
         self.admission = admission
         self.digests = DigestBoard(config.digest_cache_entries)
         metrics.watch_digests(self.digests)
@@ -257,21 +258,18 @@ class WeightGenService:
             session = await self._offload(
                 self.sessions.open, asked.seed, asked.sequential, default, asked.default_dtype, asked.ttl_seconds
             )
-            self.metrics.open_sessions.set(len(self.sessions))
             return session
 
     async def CloseSession(self, raw: bytes, context) -> pb.CloseSessionResponse:  # noqa: N802
         async with _Call(self.metrics, "CloseSession", context):
             request = await self._parse(pb.CloseSessionRequest, raw)
             length = await self._offload(self.sessions.close, request.session_id)
-            self.metrics.open_sessions.set(len(self.sessions))
             return pb.CloseSessionResponse(sequence_length=length)
 
     async def expire_sessions(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             self.sessions.expire()
-            self.metrics.open_sessions.set(len(self.sessions))
 
     # -- discovery -----------------------------------------------------------------------------
 

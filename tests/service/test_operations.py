@@ -68,8 +68,10 @@ def test_metrics(server, stub):
     assert metric(server, "weightgen_active_streams") == 0
 
     session = stub.OpenSession(pb.OpenSessionRequest(seed=3), timeout=30)
-    assert metric(server, "weightgen_open_sessions") == before["sessions"] + 1
+    assert metric(server, "weightgen_open_sessions") == before["sessions"], "opening holds nothing: the id carries it"
     assert metric(server, "weightgen_requests_total", method="OpenSession", code="OK") == before["opened"] + 1
+    fetch(stub, pb.MaterializeRequest(session_id=session.session_id, variables=[variable]))
+    assert metric(server, "weightgen_open_sessions") == before["sessions"] + 1  # verified once, then cached
     stub.CloseSession(pb.CloseSessionRequest(session_id=session.session_id), timeout=30)
     assert metric(server, "weightgen_open_sessions") == before["sessions"]
     stub.ListInitializers(pb.ListInitializersRequest(), timeout=30)
