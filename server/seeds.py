@@ -104,6 +104,9 @@ class SessionKeys:
             tag, payload = _unb64(parts[4]), _unb64(parts[3])
         except (binascii.Error, ValueError):
             return None
+        # One spelling per id: base64's unused low bits would otherwise let several strings pass.
+        if _b64(tag) != parts[4] or _b64(payload) != parts[3]:
+            return None
         if not hmac.compare_digest(tag, self._tag(key, body)):
             return None
         return parts[2], payload

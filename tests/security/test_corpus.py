@@ -51,8 +51,15 @@ class Sessions:
 
     def forged(self) -> str:
         """A real session id with one character of its signature changed."""
-        session_id = self.open(seed=9)
-        return session_id[:-1] + ("A" if session_id[-1] != "A" else "B")
+        prefix, tag = self.open(seed=9).rsplit(".", 1)
+        return f"{prefix}.{'A' if tag[0] != 'A' else 'B'}{tag[1:]}"
+
+    def respelled(self) -> str:
+        """A real session id whose signature's last character differs only in base64's unused bits."""
+        prefix, tag = self.open(seed=9).rsplit(".", 1)
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        value = alphabet.index(tag[-1])
+        return f"{prefix}.{tag[:-1]}{alphabet[value ^ 1]}"  # a 16-byte tag leaves 4 unused bits at the end
 
     def tampered(self) -> str:
         """A real session id whose signed contents were changed (another seed), signature kept."""
@@ -621,6 +628,14 @@ REQUEST_CASES = [
         "forged session id",
         "Materialize",
         lambda s: pb.MaterializeRequest(session_id=s.forged(), variables=[GOOD]),
+        MISSING,
+        "session_id",
+        ("MaterializeRequest.session_id",),
+    ),
+    Case(
+        "session id spelled differently (unused base64 bits)",
+        "Materialize",
+        lambda s: pb.MaterializeRequest(session_id=s.respelled(), variables=[GOOD]),
         MISSING,
         "session_id",
         ("MaterializeRequest.session_id",),
