@@ -58,12 +58,13 @@ def tune_malloc() -> bool:
         return False
 
 
-GC_THRESHOLDS = (50_000, 20, 100)
-"""Collections of the youngest generation every 50,000 allocations instead of 700, and of the oldest
-every 10^8. Planning a 100,000-variable request allocates a million objects: with the defaults the
-collector scanned the whole heap 11 times on the way (up to 0.6 s each, the event loop stopped,
-health checks late), with these none, and planning ran twice as fast. The server's objects are
-freed by reference counting; few form cycles, and those are still collected."""
+GC_THRESHOLDS = (10_000, 10, 10)
+"""Collections of the youngest generation every 10,000 allocations instead of 700 (so of the oldest
+every 10^6 at most). Planning a 100,000-variable request allocates a million objects: with the
+defaults the collector scanned the whole heap 11 times on the way (up to 0.6 s each, the event loop
+stopped, health checks late), with these once. Much higher thresholds (50,000, 20, 100) removed
+that one too but let cyclic garbage pile up: the soak's RSS rose by 200 MiB more (bench/README.md
+"Soak")."""
 
 
 def tune_gc() -> None:
