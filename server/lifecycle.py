@@ -196,7 +196,7 @@ class Server:
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, refuse new work, let in-flight streams finish within `grace`."""
-        if self._stopped.is_set():
+        if self.service.draining:  # a second SIGTERM (e.g. from both a shell and its process group)
             return
         self.service.draining = True
         self.service.ready = False
