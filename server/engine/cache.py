@@ -104,17 +104,14 @@ class WholeCache:
     def __init__(self, max_bytes: int, max_builds: int):
         if max_builds < 1:
             raise ValueError(f"max_builds must be >= 1, got {max_builds}")
-        self.max_bytes = max_bytes
         self.max_builds = max_builds
-        self._entries: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._done = BlockCache(max_bytes)  # the finished tensors: the same bounded LRU as blocks
         self._flights: dict[Hashable, _Flight] = {}
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(max_builds)
         self.hits = 0
         self.joins = 0
         self.misses = 0
-        self.evictions = 0
-        self.bytes = 0
         self.building = 0
 
     def get(
@@ -125,9 +122,8 @@ class WholeCache:
         of `build` reaches every stream waiting for that build."""
         while True:
             with self._lock:
-                value = self._entries.get(key)
+                value = self._done.get(key)
                 if value is not None:
-                    self._entries.move_to_end(key)
                     self.hits += 1
                     return value
                 flight = self._flights.get(key)
@@ -179,16 +175,21 @@ class WholeCache:
         with self._lock:
             if self._flights.get(key) is flight:
                 del self._flights[key]
-            value = flight.value
-            if value is not None and value.nbytes <= self.max_bytes:
-                self._entries[key] = value
-                self.bytes += value.nbytes
-                while self.bytes > self.max_bytes:
-                    _, evicted = self._entries.popitem(last=False)
-                    self.bytes -= evicted.nbytes
-                    self.evictions += 1
+            if flight.value is not None:
+                self._done.put(key, flight.value)  # a tensor larger than the cache is not kept
         flight.done.set()
 
+    @property
+    def max_bytes(self) -> int:
+        return self._done.max_bytes
+
+    @property
+    def bytes(self) -> int:
+        return self._done.bytes
+
+    @property
+    def evictions(self) -> int:
+        return self._done.evictions
+
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+        return len(self._done)
