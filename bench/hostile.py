@@ -76,6 +76,7 @@ from weightgen.v1 import weightgen_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from procstat import peak_rss, rss  # noqa: E402
 from serverproc import launch  # noqa: E402
 
 MiB = 1 << 20
@@ -141,13 +142,6 @@ def materialize_stub(channel: grpc.Channel):
 # -- process status ------------------------------------------------------------------------------
 
 
-def proc_status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) << 10
-    raise RuntimeError(f"no {key}")
-
-
 class Sampler(threading.Thread):
     """VmRSS of `pid` every `interval` seconds, as (monotonic time, bytes)."""
 
@@ -160,8 +154,8 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             try:
-                self.samples.append((time.monotonic(), proc_status(self.pid, "VmRSS")))
-            except (OSError, RuntimeError):
+                self.samples.append((time.monotonic(), rss(self.pid)))
+            except (OSError, AssertionError):
                 return  # the process is gone
             self.done.wait(self.interval)
 
@@ -571,9 +565,9 @@ def rss_run(servers: Servers, which: str, mix: str, hold: float, token_file: Pat
         began = time.monotonic()
         streams = MIX_FUNCTIONS[mix](server.address, hold, which)
         ended = time.monotonic()
-        hwm = proc_status(pid, "VmHWM") if server.proc.poll() is None else 0
+        hwm = peak_rss(pid) if server.proc.poll() is None else 0
         time.sleep(2.0)
-        after = proc_status(pid, "VmRSS") if server.proc.poll() is None else 0
+        after = rss(pid) if server.proc.poll() is None else 0
     finally:
         sampler.stop()
         exit_text = Servers.stop(server)

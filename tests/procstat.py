@@ -18,6 +18,11 @@ def rss(pid: int) -> int:
     return _status(pid, "VmRSS") << 10
 
 
+def peak_rss(pid: int) -> int:
+    """The highest resident set size so far (VmHWM), in bytes."""
+    return _status(pid, "VmHWM") << 10
+
+
 def threads(pid: int) -> int:
     return _status(pid, "Threads")
 
