@@ -105,11 +105,6 @@ class MemoryBudget:
         self._lock = threading.Lock()
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self.waits = 0
-        self.refusals = 0
-
-    @property
-    def used(self) -> int:
-        return self._used
 
     def try_reserve(self, nbytes: int, use: str) -> Reservation | None:
         """A reservation now, or None when it does not fit (or others are waiting first)."""
@@ -123,7 +118,6 @@ class MemoryBudget:
         """A reservation of `nbytes`, waiting up to `wait_seconds` for others to give bytes back;
         RESOURCE_EXHAUSTED (naming `what` and the budget) when it never fits or the wait runs out."""
         if nbytes > self.total:
-            self.refusals += 1
             raise exhausted(
                 "memory_budget",
                 f"{what} needs {nbytes / MIB:.1f} MiB, more than the server's whole memory budget of "
@@ -148,7 +142,6 @@ class MemoryBudget:
                 self._give_back(use, nbytes)
             if isinstance(error, asyncio.CancelledError):
                 raise
-            self.refusals += 1
             raise exhausted(
                 "memory_budget",
                 f"{what} needs {nbytes / MIB:.1f} MiB and the server's memory budget "
@@ -200,7 +193,6 @@ class Admission:
         self.tickets: set[Ticket] = set()
         self.per_peer: collections.Counter[str] = collections.Counter()
         self.validations = asyncio.Semaphore(config.max_validations)
-        self.evicted = 0
 
     @property
     def active(self) -> int:
@@ -255,5 +247,4 @@ class Admission:
             for ticket in list(self.tickets):
                 if ticket.writing_since is not None and now - ticket.writing_since > idle and not ticket.evicted:
                     ticket.evicted = True
-                    self.evicted += 1
                     ticket.task.cancel()
