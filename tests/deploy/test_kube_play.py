@@ -275,7 +275,11 @@ def test_sessions_survive_a_restart(played):
         played, pb.MaterializeRequest(session_id=sequential, variables=variables, sequence_start=0)
     )
 
-    ci.podman("restart", "--time", str(STOP_TIMEOUT), played.name, timeout=STOP_TIMEOUT + 30)
+    # The pod, not the container: kube play's pods have exit policy "stop", so once their only
+    # container exits, podman stops the infra container too (asynchronously), and a container
+    # restart then races with it ("cannot get namespace path ... container is stopped").
+    ci.podman("pod", "stop", "--time", str(STOP_TIMEOUT), played.pod, timeout=STOP_TIMEOUT + 30)
+    ci.podman("pod", "start", played.pod, timeout=60)
     print(f"ready again after {played.wait_ready():.1f} s")
     assert materialize(played, pb.MaterializeRequest(session_id=by_name, variables=variables)) == before
     after_sequential = materialize(
