@@ -98,9 +98,10 @@ def _matches(key: RuleKey, param: Param) -> bool:
 
 
 @dataclass(frozen=True)
-class _Rule:
-    """A preset entry: the initializer, and a fix-up for what reset_parameters does beyond one
-    distribution (Embedding zeroes its padding row)."""
+class PresetRule:
+    """A preset entry: the initializer, and a fix-up for what a library's init does beyond one
+    distribution (Embedding zeroes its padding row). The fix-up gets the Param, the fetched array
+    (writable) and the slice of the full tensor the array holds (empty: the whole tensor)."""
 
     value: RuleValue
     fixup: Callable[[Param, np.ndarray, Sequence[Range]], None] | None = None
@@ -122,7 +123,7 @@ def _uniform(bound: float) -> pb.Initializer:
     return initializer({"randomUniform": {"min": -bound, "max": bound}})
 
 
-def _zero_padding_row(param: Param, array: np.ndarray, ranges: Sequence[Range]) -> None:
+def zero_padding_row(param: Param, array: np.ndarray, ranges: Sequence[Range]) -> None:
     padding = getattr(param.module, "padding_idx", None)
     if padding is None or array.size == 0:
         return
@@ -131,41 +132,57 @@ def _zero_padding_row(param: Param, array: np.ndarray, ranges: Sequence[Range]) 
         array[padding - start] = 0
 
 
-def _presets() -> dict[str, list[tuple[RuleKey, _Rule]]]:
+def preset_table(module: Any, preset: str = "auto") -> list[tuple[RuleKey, PresetRule]]:
+    """The rules of `preset` for `module`, in the order they are tried (see `PRESETS`)."""
     from torch import nn
+
+    preset = _preset_name(module, preset)
 
     linear = (nn.Linear, nn.modules.conv._ConvNd)
     norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
     embeddings = (nn.Embedding, nn.EmbeddingBag)
     common = [
-        ((norms, "weight"), _Rule("ones")),
-        ((norms, "bias"), _Rule("zeros")),
-        ((norms, "running_mean"), _Rule("zeros")),
-        ((norms, "running_var"), _Rule("ones")),
-        ((norms, "num_batches_tracked"), _Rule("zeros")),
-        ((nn.MultiheadAttention, "*_proj_weight"), _Rule("xavier_uniform")),
-        ((nn.MultiheadAttention, "in_proj_bias"), _Rule("zeros")),
-        ((nn.MultiheadAttention, "bias_[kv]"), _Rule("xavier_normal")),
-        ((nn.modules.linear.NonDynamicallyQuantizableLinear, "bias"), _Rule("zeros")),  # MHA's out_proj
-        ((nn.Bilinear, "*"), _Rule(lambda p: _uniform(1 / math.sqrt(p.sibling_shape("weight")[1])))),
-        ((nn.RNNBase, "*"), _Rule(lambda p: _uniform(1 / math.sqrt(p.module.hidden_size)))),
+        ((norms, "weight"), PresetRule("ones")),
+        ((norms, "bias"), PresetRule("zeros")),
+        ((norms, "running_mean"), PresetRule("zeros")),
+        ((norms, "running_var"), PresetRule("ones")),
+        ((norms, "num_batches_tracked"), PresetRule("zeros")),
+        ((nn.MultiheadAttention, "*_proj_weight"), PresetRule("xavier_uniform")),
+        ((nn.MultiheadAttention, "in_proj_bias"), PresetRule("zeros")),
+        ((nn.MultiheadAttention, "bias_[kv]"), PresetRule("xavier_normal")),
+        ((nn.modules.linear.NonDynamicallyQuantizableLinear, "bias"), PresetRule("zeros")),  # MHA's out_proj
+        ((nn.Bilinear, "*"), PresetRule(lambda p: _uniform(1 / math.sqrt(p.sibling_shape("weight")[1])))),
+        ((nn.RNNBase, "*"), PresetRule(lambda p: _uniform(1 / math.sqrt(p.module.hidden_size)))),
     ]
     torch_table = [
-        ((linear, "weight"), _Rule("kaiming_uniform(a=2.23606797749979)")),  # a = sqrt(5): U(+-1/sqrt(fan_in))
-        ((linear, "bias"), _Rule(torch_bias)),
-        ((embeddings, "weight"), _Rule("random_normal(stddev=1)", _zero_padding_row)),
+        ((linear, "weight"), PresetRule("kaiming_uniform(a=2.23606797749979)")),  # a = sqrt(5): U(+-1/sqrt(fan_in))
+        ((linear, "bias"), PresetRule(torch_bias)),
+        ((embeddings, "weight"), PresetRule("random_normal(stddev=1)", zero_padding_row)),
     ]
     weightgen_table = [
-        ((nn.Linear, "weight"), _Rule("truncated_normal(stddev=0.02)")),
-        ((nn.modules.conv._ConvNd, "weight"), _Rule("kaiming_normal(mode=fan_out, nonlinearity=relu)")),
-        ((linear, "bias"), _Rule("zeros")),
-        ((embeddings, "weight"), _Rule("truncated_normal(stddev=0.02)", _zero_padding_row)),
+        ((nn.Linear, "weight"), PresetRule("truncated_normal(stddev=0.02)")),
+        ((nn.modules.conv._ConvNd, "weight"), PresetRule("kaiming_normal(mode=fan_out, nonlinearity=relu)")),
+        ((linear, "bias"), PresetRule("zeros")),
+        ((embeddings, "weight"), PresetRule("truncated_normal(stddev=0.02)", zero_padding_row)),
     ]
-    return {"torch": common + torch_table, "weightgen": common + weightgen_table}
+    if preset == "hf":  # the model family's own _init_weights first, then what PyTorch's modules do
+        from .hf import preset_rules
+
+        return preset_rules(module) + common + torch_table
+    return common + (torch_table if preset == "torch" else weightgen_table)
 
 
-PRESETS = ("torch", "weightgen")
-"""The default rule tables (see docs/trainers.md for both in full)."""
+PRESETS = ("auto", "torch", "weightgen", "hf")
+"""The default rule tables (see docs/trainers.md for them in full); ``auto`` is ``hf`` for a
+Hugging Face model (one with a ``config.model_type``) and ``torch`` otherwise."""
+
+
+def _preset_name(module: Any, preset: str) -> str:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    if preset == "auto":
+        return "hf" if getattr(getattr(module, "config", None), "model_type", None) else "torch"
+    return preset
 
 _FAN_KINDS = frozenset(
     {
@@ -212,7 +229,7 @@ class _Entry:
     param: Param
     tensor: Any
     persistent: bool
-    rule: _Rule | None = None
+    rule: PresetRule | None = None
     primary: str = ""  # the key of the first entry holding the same tensor (ties)
 
 
@@ -234,11 +251,9 @@ def _entries(module: Any) -> list[_Entry]:
     return entries
 
 
-def _resolve(entries: list[_Entry], rules: Rules | None, preset: str) -> None:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+def _resolve(module: Any, entries: list[_Entry], rules: Rules | None, preset: str) -> None:
     user = list(rules.items()) if isinstance(rules, Mapping) else list(rules or ())
-    table = [(k, _Rule(v)) for k, v in user] + _presets()[preset]
+    table = [(k, PresetRule(v)) for k, v in user] + preset_table(module, preset)
     unmatched = []
     for entry in entries:
         if entry.primary != entry.param.key:
@@ -264,11 +279,11 @@ def _variable(entry: _Entry) -> Variable:
     return Variable(param.key, param.shape, message, dtype=torch_dtype_name(param.dtype))
 
 
-def module_variables(module: Any, *, rules: Rules | None = None, preset: str = "torch") -> dict[str, Variable]:
+def module_variables(module: Any, *, rules: Rules | None = None, preset: str = "auto") -> dict[str, Variable]:
     """The Variable each tensor of `module` maps to, by state-dict key (a tied tensor once, under
     its first key; tensors no rule matches that are already real are left out)."""
     entries = _entries(module)
-    _resolve(entries, rules, preset)
+    _resolve(module, entries, rules, preset)
     return {e.param.key: _variable(e) for e in entries if e.primary == e.param.key and e.rule is not None}
 
 
@@ -297,7 +312,7 @@ def materialize_module(
     *,
     seed: int = 0,
     rules: Rules | None = None,
-    preset: str = "torch",
+    preset: str = "auto",
     shard: ShardFn | Mapping[str, Any] | None = None,
     session: Session | str | None = None,
     device: Any = "cpu",
@@ -319,7 +334,7 @@ def materialize_module(
     import torch
 
     entries = _entries(module)
-    _resolve(entries, rules, preset)
+    _resolve(module, entries, rules, preset)
     where = _shard_fn(shard) if shard is not None else None
     primaries = [e for e in entries if e.primary == e.param.key and e.rule is not None]
     slices = [where(e.param.key, e.param.shape) if where else None for e in primaries]
@@ -355,11 +370,14 @@ def materialize_module(
 __all__ = [
     "PRESETS",
     "Param",
+    "PresetRule",
     "fan_in",
     "materialize_module",
     "module_variables",
+    "preset_table",
     "tensor",
     "to_torch",
     "torch_bias",
     "torch_dtype_name",
+    "zero_padding_row",
 ]
