@@ -23,6 +23,7 @@ bfloat16 has no numpy dtype of its own (ml_dtypes provides one torch does not kn
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
+from google.protobuf import json_format
 
 from weightgen.v1 import weightgen_pb2 as pb
 
@@ -105,6 +107,12 @@ class PresetRule:
 
     value: RuleValue
     fixup: Callable[[Param, np.ndarray, Sequence[Range]], None] | None = None
+    note: str | Callable[[Param], str] = ""  # why the tensor is special, if it is (norm ones, padding row)
+
+    def special(self, param: Param) -> str:
+        """What makes `param` special to this rule ("" if nothing): a caller's glob that takes it
+        over is warned about."""
+        return self.note(param) if callable(self.note) else self.note
 
 
 def fan_in(shape: Sequence[int]) -> int:
@@ -132,6 +140,12 @@ def zero_padding_row(param: Param, array: np.ndarray, ranges: Sequence[Range]) -
         array[padding - start] = 0
 
 
+def padding_note(param: Param) -> str:
+    """The note of an embedding rule: special only when the embedding has a padding row."""
+    padding = getattr(param.module, "padding_idx", None)
+    return f"padding row {padding} zeroed" if padding is not None else ""
+
+
 def preset_table(module: Any, preset: str = "auto") -> list[tuple[RuleKey, PresetRule]]:
     """The rules of `preset` for `module`, in the order they are tried (see `PRESETS`)."""
     from torch import nn
@@ -142,28 +156,29 @@ def preset_table(module: Any, preset: str = "auto") -> list[tuple[RuleKey, Prese
     norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
     embeddings = (nn.Embedding, nn.EmbeddingBag)
     common = [
-        ((norms, "weight"), PresetRule("ones")),
-        ((norms, "bias"), PresetRule("zeros")),
-        ((norms, "running_mean"), PresetRule("zeros")),
-        ((norms, "running_var"), PresetRule("ones")),
-        ((norms, "num_batches_tracked"), PresetRule("zeros")),
+        ((norms, "weight"), PresetRule("ones", note="a norm's scale: ones")),
+        ((norms, "bias"), PresetRule("zeros", note="a norm's shift: zeros")),
+        ((norms, "running_mean"), PresetRule("zeros", note="a running mean: zeros")),
+        ((norms, "running_var"), PresetRule("ones", note="a running variance: ones")),
+        ((norms, "num_batches_tracked"), PresetRule("zeros", note="a counter: zero")),
         ((nn.MultiheadAttention, "*_proj_weight"), PresetRule("xavier_uniform")),
-        ((nn.MultiheadAttention, "in_proj_bias"), PresetRule("zeros")),
+        ((nn.MultiheadAttention, "in_proj_bias"), PresetRule("zeros", note="a bias: zeros")),
         ((nn.MultiheadAttention, "bias_[kv]"), PresetRule("xavier_normal")),
-        ((nn.modules.linear.NonDynamicallyQuantizableLinear, "bias"), PresetRule("zeros")),  # MHA's out_proj
+        # MHA's out_proj:
+        ((nn.modules.linear.NonDynamicallyQuantizableLinear, "bias"), PresetRule("zeros", note="a bias: zeros")),
         ((nn.Bilinear, "*"), PresetRule(lambda p: _uniform(1 / math.sqrt(p.sibling_shape("weight")[1])))),
         ((nn.RNNBase, "*"), PresetRule(lambda p: _uniform(1 / math.sqrt(p.module.hidden_size)))),
     ]
     torch_table = [
         ((linear, "weight"), PresetRule("kaiming_uniform(a=2.23606797749979)")),  # a = sqrt(5): U(+-1/sqrt(fan_in))
-        ((linear, "bias"), PresetRule(torch_bias)),
-        ((embeddings, "weight"), PresetRule("random_normal(stddev=1)", zero_padding_row)),
+        ((linear, "bias"), PresetRule(torch_bias, note="a bias: U(+-1/sqrt(fan_in of its weight))")),
+        ((embeddings, "weight"), PresetRule("random_normal(stddev=1)", zero_padding_row, padding_note)),
     ]
     weightgen_table = [
         ((nn.Linear, "weight"), PresetRule("truncated_normal(stddev=0.02)")),
         ((nn.modules.conv._ConvNd, "weight"), PresetRule("kaiming_normal(mode=fan_out, nonlinearity=relu)")),
-        ((linear, "bias"), PresetRule("zeros")),
-        ((embeddings, "weight"), PresetRule("truncated_normal(stddev=0.02)", zero_padding_row)),
+        ((linear, "bias"), PresetRule("zeros", note="a bias: zeros")),
+        ((embeddings, "weight"), PresetRule("truncated_normal(stddev=0.02)", zero_padding_row, padding_note)),
     ]
     if preset == "hf":  # the model family's own _init_weights first, then what PyTorch's modules do
         from .hf import preset_rules
@@ -230,6 +245,8 @@ class _Entry:
     tensor: Any
     persistent: bool
     rule: PresetRule | None = None
+    source: str = ""  # which rule chose it, as `explain` shows it
+    overrides: str = ""  # what the preset would have done, when a caller's glob took it over
     primary: str = ""  # the key of the first entry holding the same tensor (ties)
 
 
@@ -251,16 +268,64 @@ def _entries(module: Any) -> list[_Entry]:
     return entries
 
 
+def _describe_key(key: RuleKey) -> str:
+    if isinstance(key, str):
+        return repr(key)
+    if isinstance(key, tuple):
+        types, name = key
+        names = "|".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        return f"({names}, {name!r})"
+    return getattr(key, "__qualname__", None) or repr(key)
+
+
+def _describe_value(value: RuleValue) -> str:
+    if isinstance(value, str):
+        return value
+    if callable(value) and not isinstance(value, pb.Initializer):
+        return f"{getattr(value, '__qualname__', repr(value))}(param)"
+    message = initializer(value)
+    if message is None:
+        return "session default"
+    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
+
+
+class RuleOverrideWarning(UserWarning):
+    """A caller's glob rule took over tensors the preset initialises specially (norms, biases,
+    embeddings' padding rows)."""
+
+
 def _resolve(module: Any, entries: list[_Entry], rules: Rules | None, preset: str) -> None:
+    """Give each tensor its rule: the caller's `rules` in order, then the preset's table. A caller's
+    glob (a string with wildcards) that takes over a tensor the preset treats specially warns
+    (RuleOverrideWarning): `"*.weight"` would otherwise silently turn every norm's ones random."""
+    import warnings
+
     user = list(rules.items()) if isinstance(rules, Mapping) else list(rules or ())
-    table = [(k, PresetRule(v)) for k, v in user] + preset_table(module, preset)
+    name = _preset_name(module, preset)
+    table = preset_table(module, name)
     unmatched = []
     for entry in entries:
         if entry.primary != entry.param.key:
             continue
-        entry.rule = next((rule for key, rule in table if _matches(key, entry.param)), None)
-        if entry.rule is None and entry.tensor.is_meta:
-            unmatched.append(entry.param)
+        param = entry.param
+        chosen = next(((k, v) for k, v in user if _matches(k, param)), None)
+        fallback = next(((k, r) for k, r in table if _matches(k, param)), None)
+        if chosen is not None:
+            entry.rule = PresetRule(chosen[1])
+            entry.source = f"rules[{_describe_key(chosen[0])}]"
+            if fallback is not None and isinstance(chosen[0], str) and any(c in chosen[0] for c in "*?["):
+                note = fallback[1].special(param)
+                if note and not _same(chosen[1], fallback[1]):
+                    entry.overrides = f"preset {name} {_describe_key(fallback[0])}: {note}"
+        elif fallback is not None:
+            entry.rule = fallback[1]
+            entry.source = f"preset {name} {_describe_key(fallback[0])}"
+        elif not entry.persistent:
+            entry.source = "left as the module computes it (a non-persistent buffer)"
+        elif _is_meta(entry.tensor):
+            unmatched.append(param)
+        else:
+            entry.source = "left as it is (already real; no rule)"
     if unmatched:
         listed = "; ".join(f"{p.key} ({type(p.module).__name__}.{p.name}, {list(p.shape)})" for p in unmatched[:10])
         more = f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else ""
@@ -268,6 +333,30 @@ def _resolve(module: Any, entries: list[_Entry], rules: Rules | None, preset: st
             f"no initializer rule for {listed}{more}: pass rules={{'<key glob>': <initializer>}} "
             "(or (module type, name) keys)"
         )
+    overridden = [e for e in entries if e.overrides]
+    if overridden:
+        listed = "; ".join(f"{e.param.key} by {e.source} (instead of {e.overrides})" for e in overridden[:5])
+        more = f" and {len(overridden) - 5} more" if len(overridden) > 5 else ""
+        warnings.warn(
+            f"a glob rule takes over tensors the preset initialises specially: {listed}{more}. If that is "
+            "meant, name them exactly or by (module type, name); else narrow the glob. "
+            "module_variables(..., explain=True) lists every choice",
+            RuleOverrideWarning,
+            stacklevel=3,
+        )
+
+
+def _same(value: RuleValue, rule: PresetRule) -> bool:
+    """Whether a caller's rule asks for exactly what the preset's would do."""
+    if rule.fixup is not None or (callable(value) and not isinstance(value, pb.Initializer)):
+        return False
+    if callable(rule.value) and not isinstance(rule.value, pb.Initializer):
+        return False
+    return initializer(value) == initializer(rule.value)
+
+
+def _is_meta(value: Any) -> bool:
+    return bool(getattr(value, "is_meta", False))
 
 
 def _variable(entry: _Entry) -> Variable:
@@ -279,12 +368,61 @@ def _variable(entry: _Entry) -> Variable:
     return Variable(param.key, param.shape, message, dtype=torch_dtype_name(param.dtype))
 
 
-def module_variables(module: Any, *, rules: Rules | None = None, preset: str = "auto") -> dict[str, Variable]:
+@dataclass(frozen=True)
+class Choice:
+    """What `module_variables(..., explain=True)` says about one tensor: its state-dict `key`,
+    the `variable` fetched for it (None when nothing is fetched), the rule that chose it
+    (`source`), what a caller's glob took over (`overrides`), and the key it is `tied` to."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    variable: Variable | None
+    source: str
+    overrides: str = ""
+    tied: str = ""
+
+    def __str__(self) -> str:
+        what = (
+            f"= {self.tied} (tied)"
+            if self.tied
+            else _describe_value(self.variable.initializer)
+            if self.variable is not None
+            else "-"
+        )
+        line = f"{self.key} {list(self.shape)} {self.dtype}: {what}  <- {self.source}"
+        return line + (f"  [overrides {self.overrides}]" if self.overrides else "")
+
+
+def explain_table(choices: Mapping[str, Choice]) -> str:
+    """`module_variables(..., explain=True)` as text, one tensor a line."""
+    return "\n".join(str(c) for c in choices.values())
+
+
+def module_variables(
+    module: Any, *, rules: Rules | None = None, preset: str = "auto", explain: bool = False
+) -> dict[str, Variable] | dict[str, Choice]:
     """The Variable each tensor of `module` maps to, by state-dict key (a tied tensor once, under
-    its first key; tensors no rule matches that are already real are left out)."""
+    its first key; tensors no rule matches that are already real, and non-persistent buffers
+    without a rule, are left out). Shapes are the full (global) shapes, DTensors included.
+
+    With ``explain=True``: every tensor, tied and left-out ones too, as a `Choice` naming the rule
+    that chose its initializer (``str(choice)`` or `explain_table` for text). Precedence: the
+    caller's `rules` in their order, then the preset's table (`preset_table`) in its order."""
     entries = _entries(module)
     _resolve(module, entries, rules, preset)
-    return {e.param.key: _variable(e) for e in entries if e.primary == e.param.key and e.rule is not None}
+    if not explain:
+        return {e.param.key: _variable(e) for e in entries if e.primary == e.param.key and e.rule is not None}
+    by_key = {e.param.key: e for e in entries}
+    choices = {}
+    for e in entries:
+        head = by_key[e.primary]
+        variable = _variable(head) if head.rule is not None and e is head else None
+        tied = e.primary if e is not head else ""
+        dtype = str(e.param.dtype).removeprefix("torch.")
+        source = head.source
+        choices[e.param.key] = Choice(e.param.key, e.param.shape, dtype, variable, source, head.overrides, tied)
+    return choices
 
 
 def _shard_fn(shard: ShardFn | Mapping[str, Any]) -> ShardFn:
@@ -306,6 +444,85 @@ def _shard_fn(shard: ShardFn | Mapping[str, Any]) -> ShardFn:
     return lookup
 
 
+# -- DTensors ----------------------------------------------------------------------------------
+
+
+def _dtensor_type() -> Any:
+    import torch
+
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def dtensor_block(value: Any, key: str = "") -> tuple[Range, ...]:
+    """The block of the global tensor that this rank's local shard of DTensor `value` holds, one
+    ``(start, stop)`` per axis (empty ranges for an empty shard).
+
+    Every placement FSDP2 and tensor parallelism make (``Shard``, ``_StridedShard``, ``Replicate``,
+    on 1-D and 2-D meshes, uneven splits as ``torch.chunk``) leaves each rank one contiguous block.
+    Its offset comes from torch's own ``compute_local_shape_and_global_offset`` (the function
+    torch.distributed.checkpoint uses for the same question; private, so its result is checked
+    against the local tensor here, and against ``distribute_tensor`` by tests/distributed)."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    where = f"{key}: " if key else ""
+    partial = [str(p) for p in value.placements if p.is_partial()]
+    if partial:
+        raise ValueError(f"{where}a DTensor with Partial placements ({', '.join(partial)}) holds no values to fill")
+    local = value.to_local()
+    shape, offset = compute_local_shape_and_global_offset(value.shape, value.device_mesh, value.placements)
+    if tuple(shape) != tuple(local.shape):
+        raise RuntimeError(
+            f"{where}torch says the local shard of {list(value.shape)} with {value.placements} is "
+            f"{list(shape)}, the DTensor holds {list(local.shape)}: this torch ({_torch_version()}) shards "
+            "differently from the ones weightgen was tested with; please report it"
+        )
+    return tuple((int(o), int(o) + int(n)) for o, n in zip(offset, shape, strict=True))
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+@dataclass
+class _Target:
+    """Where one fetched tensor goes: a new tensor for a meta one, or into an existing local
+    storage (a DTensor's shard, or a real tensor) in place; `ranges` is the block fetched."""
+
+    entry: _Entry
+    ranges: tuple[Range, ...] | None
+    local: Any = None  # the tensor to copy into, or None: make a new one
+
+
+def _targets(entries: list[_Entry], dtensor: Any, where: ShardFn | None) -> list[_Target]:
+    targets = []
+    for entry in entries:
+        value, key = entry.tensor, entry.param.key
+        if dtensor is not None and isinstance(value, dtensor):
+            if where is not None:
+                raise ValueError(
+                    f"{key} is a DTensor, which carries its own placements: drop shard= "
+                    "(the local shards are filled in place)"
+                )
+            local = value.to_local()
+            if _is_meta(local):
+                raise ValueError(
+                    f"{key} is a DTensor on the meta device: call model.to_empty(device=...) after "
+                    "parallelising (fully_shard and parallelize_module own their shards' storage), then fill it"
+                )
+            targets.append(_Target(entry, dtensor_block(value, key), local))
+        elif where is not None:
+            targets.append(_Target(entry, where(key, entry.param.shape)))
+        else:
+            targets.append(_Target(entry, None, None if _is_meta(value) else value))
+    return targets
+
+
 def materialize_module(
     module: Any,
     client: Client,
@@ -318,17 +535,26 @@ def materialize_module(
     device: Any = "cpu",
     streams: int = 1,
 ) -> Any:
-    """Fill `module` (typically built under ``torch.device("meta")``) with weightgen's tensors.
+    """Fill `module` with weightgen's tensors, fans always from the full (global) shapes.
 
-    Every parameter and persistent buffer with a rule is fetched (seed `seed`, or `session`),
-    and replaced in place by a real tensor on `device`: parameters stay ``nn.Parameter`` with
-    their ``requires_grad``, dtypes are kept, tied tensors are fetched once and stay one tensor.
-    Tensors without a rule must already be real (else ValueError naming them). Returns `module`,
-    whose ``state_dict`` is then the fetched values (except Embedding's ``padding_idx`` row, zeroed
-    by the presets as ``reset_parameters`` does).
+    Every parameter and persistent buffer with a rule is fetched (seed `seed`, or `session`):
 
-    With `shard`, nothing in the module changes: it returns ``{state-dict key: local shard}`` with
-    only this rank's slice of each tensor fetched (fans from the full shape). `shard` is a function
+    - **DTensors** (a model parallelised with ``fully_shard`` and/or ``parallelize_module``, then
+      ``to_empty``): each rank fetches exactly the block of the global tensor its local shard
+      holds (`dtensor_block`; replicated tensors whole) and copies it into the local shard in
+      place: the parameter keeps its type, placements, mesh and storage. Every world size and mesh
+      gives the same global model, bit for bit, and the ranks together fetch one model's bytes
+      (plus what is replicated).
+    - **meta tensors** are replaced by real tensors on `device` (parameters stay
+      ``nn.Parameter`` with their ``requires_grad``);
+    - **real tensors** are overwritten in place, where they are.
+
+    Dtypes are kept; tied tensors are fetched once and stay one tensor. Tensors without a rule must
+    be real already (else ValueError naming them), except non-persistent buffers (rotary
+    frequencies), which are left as the module computes them. Returns `module`.
+
+    With `shard` (plain modules only), nothing in the module changes: it returns ``{state-dict key:
+    local shard}`` with only this rank's slice of each tensor fetched. `shard` is a function
     ``(key, full shape) -> slice or None`` (`weightgen.client.sharding.rank_shards`) or a mapping
     from key globs to ``(axis, rank, world)`` or to a slice; None means the whole tensor."""
     import torch
@@ -337,14 +563,20 @@ def materialize_module(
     _resolve(module, entries, rules, preset)
     where = _shard_fn(shard) if shard is not None else None
     primaries = [e for e in entries if e.primary == e.param.key and e.rule is not None]
-    slices = [where(e.param.key, e.param.shape) if where else None for e in primaries]
-    items = [(_variable(e), s) for e, s in zip(primaries, slices, strict=True)]
+    targets = _targets(primaries, _dtensor_type(), where)
+    wanted = [t for t in targets if t.local is None or t.local.numel() > 0]  # an empty local shard needs nothing
+    items = [(_variable(t.entry), t.ranges) for t in wanted]
     arrays = fetch_shards(client, items, seed=seed, session=session, streams=streams)
     values: dict[str, Any] = {}
-    for entry, ranges, array in zip(primaries, slices, arrays, strict=True):
-        if entry.rule.fixup is not None:
-            entry.rule.fixup(entry.param, array, ranges or ())
-        values[entry.param.key] = tensor(array, device=device)
+    with torch.no_grad():
+        for target, array in zip(wanted, arrays, strict=True):
+            entry = target.entry
+            if entry.rule.fixup is not None:
+                entry.rule.fixup(entry.param, array, target.ranges or ())
+            if target.local is not None:
+                target.local.copy_(tensor(array).view(target.local.shape))
+            else:
+                values[entry.param.key] = tensor(array, device=device)
 
     if where is not None:
         return {e.param.key: values[e.primary] for e in entries if e.persistent and e.primary in values}
@@ -369,11 +601,16 @@ def materialize_module(
 
 __all__ = [
     "PRESETS",
+    "Choice",
     "Param",
     "PresetRule",
+    "RuleOverrideWarning",
+    "dtensor_block",
+    "explain_table",
     "fan_in",
     "materialize_module",
     "module_variables",
+    "padding_note",
     "preset_table",
     "tensor",
     "to_torch",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 
 from weightgen.client import Variable
 from weightgen.client.sharding import as_index, rank_shards
-from weightgen.client.torch import materialize_module, module_variables
+from weightgen.client.torch import RuleOverrideWarning, explain_table, materialize_module, module_variables
 
 
 class Net(nn.Module):
@@ -90,7 +91,8 @@ def test_presets_and_rules(client):
     rules = {"fc.*": "zeros", (nn.Conv2d, "weight"): "he_normal", "embed.weight": "random_normal(stddev=0.5)"}
     net = materialize_module(meta_net(), client, seed=4, rules=rules, preset="weightgen")
     assert not net.fc.weight.any() and not net.fc.bias.any()
-    conv = module_variables(meta_net(), rules=rules)["conv.weight"].to_proto().initializer
+    with pytest.warns(RuleOverrideWarning, match=r"fc\.bias by rules\['fc\.\*'\] \(instead of preset torch"):
+        conv = module_variables(meta_net(), rules=rules)["conv.weight"].to_proto().initializer
     assert conv.HasField("he_normal") and conv.fan_axes.layout == 2  # PyTorch's layout by default
     assert float(net.embed.weight.detach().std()) == pytest.approx(0.5, rel=0.2)
     assert net.low.bias.dtype == torch.bfloat16 and not net.low.bias.any()
@@ -128,3 +130,49 @@ def test_local_shards_are_slices_of_the_whole_module(client):
     shards = materialize_module(meta_net(), client, seed=8, shard={"fc.weight": (0, 1, 3), "ln.*": [(5, 20)]})
     assert torch.equal(shards["fc.weight"], whole["fc.weight"][7:14])
     assert torch.equal(shards["ln.bias"], whole["ln.bias"][5:])
+
+
+def test_explain_names_the_rule_of_every_tensor_and_globs_that_override_say_so():
+    rules = {"*.weight": "he_normal", (nn.Linear, "bias"): "zeros"}
+    with pytest.warns(RuleOverrideWarning) as caught:
+        choices = module_variables(meta_net(), rules=rules, preset="torch", explain=True)
+    message = str(caught[0].message)
+    # The norms' ones and the padding row would be lost to "*.weight": each is named.
+    for key in ("ln.weight", "bn.weight", "embed.weight"):
+        assert key in message, message
+    assert "padding row 3 zeroed" in message and "a norm's scale: ones" in message
+    assert list(choices) == list(meta_net().state_dict())  # every tensor, tied ones included
+    assert choices["fc.weight"].source == "rules['*.weight']" and not choices["fc.weight"].overrides
+    assert choices["ln.weight"].overrides.startswith("preset torch (")
+    assert choices["fc.bias"].source == "rules[(Linear, 'bias')]"  # exact: no warning about it
+    assert choices["ln.bias"].source.startswith("preset torch (") and "zeros" in str(choices["ln.bias"])
+    assert choices["head.weight"].tied == "embed.weight" and choices["head.weight"].variable is None
+    text = explain_table(choices)
+    assert len(text.splitlines()) == len(choices) and "= embed.weight (tied)" in text
+
+    # A glob that asks for what the preset does anyway is not an override.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module_variables(meta_net(), rules={"*.bias": "zeros"}, preset="weightgen")
+
+
+class Rotary(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.register_buffer("inv_freq", torch.arange(2, dtype=torch.float32), persistent=False)
+
+
+def test_real_tensors_are_filled_in_place_and_computed_buffers_are_left(client):
+    model = Rotary()  # real, not meta
+    weight, buffer = model.proj.weight, model.inv_freq
+    materialize_module(model, client, seed=5)
+    assert model.proj.weight is weight  # the same Parameter, its values overwritten
+    want = client.materialize([module_variables(Rotary())["proj.weight"]], seed=5)["proj.weight"]
+    assert same_bytes(numpy_of(model.proj.weight), want)
+    assert model.inv_freq is buffer and torch.equal(buffer, torch.arange(2, dtype=torch.float32))
+    assert "inv_freq" not in module_variables(Rotary())
+    with torch.device("meta"):
+        meta = Rotary()
+    materialize_module(meta, client, seed=5)  # no rule needed for a non-persistent buffer
+    assert meta.inv_freq.is_meta and not meta.proj.weight.is_meta
