@@ -1,0 +1,55 @@
+"""Run under torchrun (one rank is enough): what materialize_module refuses on DTensor models, as
+JSON {case: error message} on stdout's last line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Partial
+
+from weightgen.client import Client
+from weightgen.client.torch import materialize_module
+
+
+def model(mesh, *, meta: bool) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Linear(8, 6), nn.LayerNorm(6))
+    fully_shard(net, mesh=mesh)
+    if not meta:
+        net.to_empty(device="cpu")
+    return net
+
+
+def refusal(call) -> str:
+    try:
+        call()
+    except ValueError as error:
+        return str(error)
+    return "accepted"
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    with Client(sys.argv[1], timeout=60) as client:
+        out = {
+            "meta": refusal(lambda: materialize_module(model(mesh, meta=True), client, seed=3)),
+            "shard": refusal(lambda: materialize_module(model(mesh, meta=False), client, seed=3, shard={"*": None})),
+        }
+        partial = nn.Linear(4, 4, bias=False)
+        local = torch.empty(4, 4)
+        partial.weight = nn.Parameter(DTensor.from_local(local, mesh, [Partial()], run_check=False))
+        out["partial"] = refusal(lambda: materialize_module(partial, client, seed=3))
+    print(json.dumps(out))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
