@@ -252,19 +252,20 @@ class _Entry:
 
 def _entries(module: Any) -> list[_Entry]:
     """Every parameter and buffer of `module` under every key it has (shared modules and tied
-    tensors included), in state-dict order; `primary` names the first key of each tensor."""
+    tensors included), in state-dict order; `primary` names the first key of each tensor. Public
+    nn.Module API only: a buffer is persistent when ``state_dict`` has its key."""
     entries: list[_Entry] = []
     first: dict[int, str] = {}
+    persistent = set(module.state_dict(keep_vars=True))
     for prefix, mod in module.named_modules(remove_duplicate=False):
         dot = f"{prefix}." if prefix else ""
-        items = [(n, t, False, True) for n, t in mod._parameters.items()]
-        items += [(n, t, True, n not in mod._non_persistent_buffers_set) for n, t in mod._buffers.items()]
-        for name, value, is_buffer, persistent in items:
-            if value is None:
-                continue
+        items = [(n, t, False) for n, t in mod.named_parameters(recurse=False, remove_duplicate=False)]
+        items += [(n, t, True) for n, t in mod.named_buffers(recurse=False, remove_duplicate=False)]
+        for name, value, is_buffer in items:
             key = dot + name
             param = Param(key, mod, name, tuple(value.shape), value.dtype, is_buffer)
-            entries.append(_Entry(param, value, persistent, primary=first.setdefault(id(value), key)))
+            entry = _Entry(param, value, not is_buffer or key in persistent, primary=first.setdefault(id(value), key))
+            entries.append(entry)
     return entries
 
 
@@ -592,10 +593,7 @@ def materialize_module(
                 if not entry.param.buffer:
                     new = torch.nn.Parameter(new, requires_grad=old.requires_grad)
                 replaced[id(old)] = new
-            if entry.param.buffer:
-                mod._buffers[name] = replaced[id(old)]
-            else:
-                mod._parameters[name] = replaced[id(old)]
+            setattr(mod, name, replaced[id(old)])  # a registered name: replaces the parameter or buffer
     return module
 
 
