@@ -458,21 +458,54 @@ def _dtensor_type() -> Any:
     return DTensor
 
 
+def _one_block(value: Any) -> str:
+    """Why this rank's local shard of DTensor `value` is not one contiguous block of the global
+    tensor ("" when it is). Nested ``Shard(d)`` placements chunk a chunk: one block. FSDP2 over
+    tensor parallelism puts ``_StridedShard(d, split_factor=k)`` on the FSDP mesh axis followed by
+    ``Shard(d)`` on mesh axes of k ranks in all: one block again. Other strided patterns (strided
+    then replicated, or a split factor that is not what follows) interleave rows from several
+    blocks, and are refused rather than filled with the wrong rows."""
+    mesh, placements = value.device_mesh, list(value.placements)
+    for dim in range(value.ndim):
+        on_dim = [
+            (axis, placement)
+            for axis, placement in enumerate(placements)
+            if mesh.size(axis) > 1
+            and (placement.is_shard(dim) or (getattr(placement, "split_factor", None) and placement.dim == dim))
+        ]
+        for i, (axis, placement) in enumerate(on_dim):
+            factor = getattr(placement, "split_factor", None)
+            if factor is None:
+                continue
+            after = on_dim[i + 1 :]
+            plain = all(getattr(p, "split_factor", None) is None for _, p in after)
+            if not plain or math.prod(mesh.size(a) for a, _ in after) != factor:
+                return f"{placement!r} on mesh axis {axis} is not followed by Shard({dim}) over {factor} ranks"
+    return ""
+
+
 def dtensor_block(value: Any, key: str = "") -> tuple[Range, ...]:
     """The block of the global tensor that this rank's local shard of DTensor `value` holds, one
     ``(start, stop)`` per axis (empty ranges for an empty shard).
 
-    Every placement FSDP2 and tensor parallelism make (``Shard``, ``_StridedShard``, ``Replicate``,
-    on 1-D and 2-D meshes, uneven splits as ``torch.chunk``) leaves each rank one contiguous block.
-    Its offset comes from torch's own ``compute_local_shape_and_global_offset`` (the function
+    Every placement FSDP2 and tensor parallelism make (``Shard``, ``Replicate``, FSDP's
+    ``_StridedShard`` over a tensor-parallel ``Shard``, on 1-D and 2-D meshes, uneven splits as
+    ``torch.chunk``) leaves each rank one contiguous block; other layouts are refused (ValueError).
+    The offset comes from torch's own ``compute_local_shape_and_global_offset`` (the function
     torch.distributed.checkpoint uses for the same question; private, so its result is checked
-    against the local tensor here, and against ``distribute_tensor`` by tests/distributed)."""
+    against the local tensor here, and against ``distribute_tensor``, public, by the tests)."""
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     where = f"{key}: " if key else ""
     partial = [str(p) for p in value.placements if p.is_partial()]
     if partial:
         raise ValueError(f"{where}a DTensor with Partial placements ({', '.join(partial)}) holds no values to fill")
+    scattered = _one_block(value)
+    if scattered:
+        raise ValueError(
+            f"{where}the local shard of this DTensor ({list(value.placements)}) is not one block of the "
+            f"global tensor: {scattered}; weightgen fills block shards (FSDP2, tensor parallel, both)"
+        )
     local = value.to_local()
     shape, offset = compute_local_shape_and_global_offset(value.shape, value.device_mesh, value.placements)
     if tuple(shape) != tuple(local.shape):

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Partial
+from torch.distributed.tensor.placement_types import _StridedShard
 
 from weightgen.client import Client
 from weightgen.client.torch import materialize_module
@@ -47,6 +48,13 @@ def main() -> None:
         local = torch.empty(4, 4)
         partial.weight = nn.Parameter(DTensor.from_local(local, mesh, [Partial()], run_check=False))
         out["partial"] = refusal(lambda: materialize_module(partial, client, seed=3))
+        if dist.get_world_size() == 2:
+            # Strided and then nothing: rank 0 holds rows 0, 1, 4, 5 of 8, not one block.
+            strided = nn.Linear(2, 8, bias=False)
+            placement = _StridedShard(0, split_factor=2)
+            value = DTensor.from_local(torch.empty(4, 2), mesh, [placement], shape=(8, 2), stride=(2, 1))
+            strided.weight = nn.Parameter(value)
+            out["strided"] = refusal(lambda: materialize_module(strided, client, seed=3))
     print(json.dumps(out))
     dist.destroy_process_group()
 

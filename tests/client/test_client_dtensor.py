@@ -82,9 +82,11 @@ def test_every_world_size_and_mesh_fills_the_same_model(server, tmp_path, llama)
 
 @pytest.mark.slow
 def test_what_cannot_be_filled_in_place_is_refused(server):
-    result = torchrun(1, Path(__file__).with_name("dtensor_refusals.py"), server.address)
+    result = torchrun(2, Path(__file__).with_name("dtensor_refusals.py"), server.address)
     refused = json.loads(result.stdout.strip().splitlines()[-1])
     assert "DTensor on the meta device: call model.to_empty(device=...)" in refused["meta"], refused
     assert refused["meta"].startswith("0.weight is a DTensor"), refused
     assert "drop shard=" in refused["shard"], refused
     assert refused["partial"].startswith("weight: a DTensor with Partial placements ("), refused
+    assert refused["strided"].startswith("weight: the local shard of this DTensor"), refused
+    assert "is not one block of the global tensor: _StridedShard(dim=0, sf=2) on mesh axis 0" in refused["strided"]
