@@ -1,9 +1,10 @@
-"""The ``weightgen`` command: fetch, list, inspect, verify and serve.
+"""The ``weightgen`` command: fetch, list, inspect, verify, explain and serve.
 
     weightgen fetch examples/specs/gpt2-small.json -o gpt2.safetensors --seed 42
     weightgen list
     weightgen inspect gpt2.safetensors
     weightgen verify gpt2.safetensors
+    weightgen explain --module mypackage.model:build --rules rules.json
     weightgen serve --port 50051          # the server (needs weightgen[server])
 
 Exit status: 0 on success, 1 when the server refuses or a verification fails, 2 for a usage error
@@ -301,6 +302,75 @@ def cmd_verify(args: argparse.Namespace, out: Console, err: Console) -> int:
     return 0
 
 
+def _load_module(target: str):
+    """`pkg.module:factory` -> the module the factory builds on the meta device."""
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("explain needs PyTorch in this environment: pip install torch") from None
+    import importlib
+
+    name, _, attr = target.partition(":")
+    if not name or not attr:
+        raise UsageError(f"--module {target!r}: expected 'package.module:factory' (a callable with no arguments)")
+    sys.path.insert(0, os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(name), attr)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"--module {target!r}: {e}") from None
+    finally:
+        sys.path.remove(os.getcwd())
+    with torch.device("meta"):
+        return factory()
+
+
+def _load_rules(path: str | None) -> dict[str, object] | None:
+    if path is None:
+        return None
+    try:
+        rules = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--rules {path}: {e}") from None
+    if not isinstance(rules, dict):
+        raise UsageError(f"--rules {path}: expected a JSON object {{\"<state-dict key glob>\": <initializer>}}")
+    return rules
+
+
+def cmd_explain(args: argparse.Namespace, out: Console, err: Console) -> int:
+    import warnings
+
+    from .torch import RuleOverrideWarning, module_variables
+
+    module = _load_module(args.module)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuleOverrideWarning)
+        choices = module_variables(module, rules=_load_rules(args.rules), preset=args.preset, explain=True)
+    if args.json:
+        rows = [
+            {
+                "key": c.key,
+                "shape": list(c.shape),
+                "dtype": c.dtype,
+                "initializer": json_format.MessageToDict(c.variable.to_proto().initializer) if c.variable else None,
+                "rule": c.source,
+                "overrides": c.overrides or None,
+                "tied_to": c.tied or None,
+            }
+            for c in choices.values()
+        ]
+        out.print_json(json.dumps(rows))
+    else:
+        table = Table("tensor", "shape", "dtype", "initializer", "chosen by", box=None)
+        for c in choices.values():
+            what = f"= {c.tied} (tied)" if c.tied else str(c).split(": ", 1)[1].split("  <- ")[0]
+            rule = c.source + (f" [yellow](overrides {escape(c.overrides)})[/yellow]" if c.overrides else "")
+            table.add_row(escape(c.key), "x".join(map(str, c.shape)) or "scalar", c.dtype, escape(what), rule)
+        out.print(table)
+    for warning in caught:
+        err.print(f"warning: {warning.message}", markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
 def cmd_serve(argv: Sequence[str]) -> int:
     try:
         from weightgen.server.__main__ import main as serve
@@ -355,6 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--all", action="store_true", help="list every tensor, not just those that differ")
     _add_connection(verify, default="the server recorded in the file's manifest")
     verify.set_defaults(run=cmd_verify)
+
+    explain = sub.add_parser(
+        "explain",
+        help="which initializer each tensor of a PyTorch model gets, and the rule that chose it",
+        description="Build a model on the meta device and list every tensor with its initializer and the "
+        "rule that chose it (your --rules first, then the preset's table). Needs PyTorch.",
+    )
+    explain.add_argument("--module", required=True, help="package.module:factory, a callable returning the model")
+    explain.add_argument("--preset", default="auto", help="auto (default), torch, weightgen or hf")
+    explain.add_argument("--rules", help='a JSON file {"<state-dict key glob>": <initializer>}, tried first, in order')
+    explain.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    explain.set_defaults(run=cmd_explain)
 
     sub.add_parser("serve", help="run the server (arguments go to it; see weightgen serve --help)", add_help=False)
     return parser

@@ -164,3 +164,36 @@ def test_retry_seconds_and_lists_of_replicas(server):
     assert '"generator": "weightgen/1"' in listed.stdout
     names = weightgen("list", "--server", "replica-a:50051,replica-b:50051", check=False)
     assert names.returncode == 2 and "dns:///" in names.stderr, names.stderr
+
+
+def test_explain_lists_each_tensor_with_the_rule_that_chose_it(tmp_path):
+    (tmp_path / "tinymodel.py").write_text(
+        "from torch import nn\n\n\ndef build():\n"
+        "    return nn.Sequential(nn.Embedding(10, 4, padding_idx=0), nn.Linear(4, 4), nn.LayerNorm(4))\n"
+    )
+    (tmp_path / "rules.json").write_text(json.dumps({"*.weight": "he_normal", "1.bias": "zeros"}))
+    command = [sys.executable, "-m", "weightgen.client.cli", "explain", "--module", "tinymodel:build"]
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [*command, *extra], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False
+    )
+    plain = run("--json")
+    assert plain.returncode == 0, plain.stderr
+    rows = {row["key"]: row for row in json.loads(plain.stdout)}
+    assert list(rows) == ["0.weight", "1.weight", "1.bias", "2.weight", "2.bias"]
+    assert rows["2.weight"]["initializer"] == {"ones": {}} and rows["2.weight"]["rule"].startswith("preset torch (")
+    assert rows["1.weight"]["initializer"]["kaimingUniform"]["a"] == pytest.approx(2.23606797749979)
+    assert not plain.stderr  # nothing overridden, nothing to warn about
+
+    ruled = run("--json", "--rules", "rules.json")
+    assert ruled.returncode == 0, ruled.stderr
+    rows = {row["key"]: row for row in json.loads(ruled.stdout)}
+    assert rows["1.bias"] == {**rows["1.bias"], "rule": "rules['1.bias']", "overrides": None}
+    assert rows["2.weight"]["rule"] == "rules['*.weight']" and "a norm's scale: ones" in rows["2.weight"]["overrides"]
+    assert "padding row 0 zeroed" in rows["0.weight"]["overrides"]
+    assert ruled.stderr.startswith("warning: a glob rule takes over tensors the preset initialises specially")
+    assert len(ruled.stderr.strip().splitlines()) == 1  # one line, not wrapped
+
+    table = run("--rules", "rules.json")
+    assert "rules['*.weight'] (overrides preset torch" in table.stdout
+    bad = run("--module", "tinymodel")
+    assert bad.returncode == 2 and "expected 'package.module:factory'" in bad.stderr
