@@ -380,9 +380,9 @@ def _resolve(leaf: Leaf, spec: Any, box_mesh: Any, mesh: Any, origin: str) -> An
     """The leaf's jax.sharding.Sharding (None: whole on the default device), checked to fit it."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    def fail(problem: str) -> ValueError:
+    def fail(problem: str, per_leaf_hint: bool = True) -> ValueError:
         hint = ""
-        if origin.startswith("the one sharding"):
+        if origin.startswith("the one sharding") and per_leaf_hint:
             hint = (
                 "; one sharding for every leaf must fit every leaf: give one per leaf "
                 "(ShardingRules, a function of the Leaf, or a pytree)"
@@ -393,10 +393,12 @@ def _resolve(leaf: Leaf, spec: Any, box_mesh: Any, mesh: Any, origin: str) -> An
         return None
     if isinstance(spec, PartitionSpec):
         if box_mesh is not None and mesh is not None and box_mesh != mesh:
-            raise fail(f"comes with its own mesh {dict(box_mesh.shape)}, not mesh= {dict(mesh.shape)}")
+            raise fail(
+                f"comes with its own mesh {dict(box_mesh.shape)}, not mesh= {dict(mesh.shape)}", per_leaf_hint=False
+            )
         on = mesh if mesh is not None else box_mesh
         if on is None:
-            raise fail("is a PartitionSpec: pass mesh= (a jax.sharding.Mesh) to place it")
+            raise fail("is a PartitionSpec: pass mesh= (a jax.sharding.Mesh) to place it", per_leaf_hint=False)
         _check_named(leaf, spec, on, fail)
         try:
             sharding = NamedSharding(on, spec)
