@@ -3,16 +3,25 @@ weightgen server, optionally sharded over devices (JAX is imported only when cal
 
     shapes = jax.eval_shape(model.init, jax.random.key(0), x)     # a pytree of jax.ShapeDtypeStruct
     params = materialize_tree(shapes, client, seed=42)            # the same pytree, of jax.Array
-    params = materialize_tree(shapes, client, seed=42, shardings=NamedSharding(mesh, P(None, "model")))
+    params = materialize_tree(shapes, client, seed=42, mesh=mesh, shardings=ShardingRules({
+        "*/kernel": P(None, "model"),                             # first match wins
+        "*": P(),                                                 # the rest replicated
+    }))
+    params = materialize_tree(shapes, client, seed=42, mesh=mesh, shardings="flax")  # with_partitioning
 
 Each leaf becomes a variable named by its path (``params/Dense_0/kernel``), with the initializer
 of the first matching rule: the caller's `rules`, then Flax's defaults by the last path component
 (`FLAX_DEFAULTS`: ``kernel`` lecun_normal, ``bias`` zeros, ``embedding`` variance_scaling(1,
 fan_in, normal) over the features axis, ``scale`` ones; batch statistics ``mean`` 0 and ``var``
 1). Layouts are channels-last (JAX's ``[..., in, out]``) unless an initializer names its fan axes.
-With shardings each device gets only its own slice, fetched from the server as such (slices that
-several devices share, replicas, are fetched once), so every process of a multi-host job pulls
-only what its devices hold.
+Flax's boxed leaves (Linen's ``nn.Partitioned`` from ``nn.with_partitioning``, NNX's
+``nnx.Variable`` in ``nnx.state(...)``) are leaves named by the box's path, and come back boxed.
+
+With shardings each leaf has its own sharding (one for all, a pytree, a function, `ShardingRules`
+or Flax's partitioning metadata), checked against the leaf's shape before anything is fetched;
+each device gets only its own slice, fetched from the server as such (slices that several devices
+share, replicas, are fetched once), so every process of a multi-host job pulls only what its
+devices hold.
 
 JAX keeps 64-bit types only with ``jax_enable_x64``; without it, float64, int64, uint64 and
 complex128 arrays would be silently narrowed, so they are refused with a clear error instead.
@@ -21,6 +30,8 @@ complex128 arrays would be silently narrowed, so they are refused with a clear e
 from __future__ import annotations
 
 import fnmatch
+import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,12 +49,13 @@ if TYPE_CHECKING:
 _WIDE = frozenset(np.dtype(t) for t in (np.float64, np.int64, np.uint64, np.complex128))
 
 
-def _check_width(dtype: np.dtype) -> None:
+def _check_width(dtype: np.dtype, name: str | None = None) -> None:
     import jax
 
     if np.dtype(dtype) in _WIDE and not jax.config.jax_enable_x64:
+        where = f"{name!r}: " if name else ""
         raise ValueError(
-            f"{dtype} needs jax_enable_x64 (jax.config.update('jax_enable_x64', True)); "
+            f"{where}{dtype} needs jax_enable_x64 (jax.config.update('jax_enable_x64', True)); "
             "without it JAX would narrow the values"
         )
 
@@ -78,6 +90,9 @@ class Leaf:
     def last(self) -> str:
         """The last path component (``kernel``)."""
         return self.name.rsplit("/", 1)[-1]
+
+    def __str__(self) -> str:
+        return f"{self.name!r} (shape {list(self.shape)})"
 
 
 RuleValue = InitializerLike | Callable[[Leaf], InitializerLike]
@@ -122,6 +137,10 @@ def path_name(path: Sequence[Any], sep: str = "/") -> str:
     return sep.join(_key_name(k) for k in path)
 
 
+def _table(rules: Mapping | Sequence | None) -> list[tuple[Any, Any]]:
+    return list(rules.items()) if isinstance(rules, Mapping) else list(rules or ())
+
+
 def _matches(key: RuleKey, leaf: Leaf) -> bool:
     return fnmatch.fnmatchcase(leaf.name, key) if isinstance(key, str) else bool(key(leaf))
 
@@ -137,37 +156,286 @@ def _variable(leaf: Leaf, rules: list[tuple[RuleKey, RuleValue]]) -> Variable:
     )
 
 
+# Flax's boxes: Linen's AxisMetadata (nn.Partitioned, nn.LogicallyPartitioned) and NNX's Variable
+# (VariableState in older Flax). Looked up in sys.modules: a tree can only hold them if Flax is
+# already imported, and weightgen does not import it otherwise.
+
+
+def _box_kind(x: Any) -> str | None:
+    meta = sys.modules.get("flax.core.meta")
+    if meta is not None and isinstance(x, meta.AxisMetadata):
+        return "linen"
+    variables = sys.modules.get("flax.nnx.variablelib")
+    if variables is not None:
+        kinds = tuple(k for k in (getattr(variables, n, None) for n in ("Variable", "VariableState")) if k)
+        if isinstance(x, kinds):
+            return "nnx"
+    return None
+
+
+def _unbox(x: Any) -> Any:
+    kind = _box_kind(x)
+    if kind == "nnx":
+        return x.get_value() if hasattr(x, "get_value") else x.value
+    if kind == "linen":
+        return x.value if hasattr(x, "value") else x.unbox()
+    return x
+
+
+def _rebox(box: Any, value: Any) -> Any:
+    kind = _box_kind(box)
+    if kind == "nnx":
+        return box.replace(value)
+    if kind == "linen":
+        return box.replace_boxed(value)
+    return value
+
+
+@dataclass(frozen=True)
+class _Entry:
+    keys: tuple[str, ...]  # the path, a name per component, for matching a pytree of shardings
+    leaf: Leaf
+    box: Any  # the Flax box the leaf came in, or None
+
+
+def _flatten(shapes: Any, sep: str) -> tuple[list[_Entry], Any]:
+    import jax
+
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: _box_kind(x) is not None)
+    entries = []
+    for path, item in flat:
+        value = _unbox(item)
+        name = path_name(path, sep)
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            raise ValueError(f"leaf {name!r} is {type(value).__name__}, not an array or jax.ShapeDtypeStruct")
+        try:
+            dtype = np.dtype(value.dtype)
+            wire.numpy_dtype(dtype_value(dtype))  # a dtype weightgen has, or a clear error
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(
+                f"leaf {name!r} (shape {list(value.shape)}) has dtype {value.dtype}, which weightgen does not "
+                "generate (an NNX state: take only the parameters, nnx.state(model, nnx.Param))"
+            ) from e
+        leaf = Leaf(name, tuple(int(d) for d in value.shape), dtype)
+        box = item if _box_kind(item) else None
+        entries.append(_Entry(tuple(_key_name(k) for k in path), leaf, box))
+    names = [e.leaf.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two leaves have the same path name; pass another sep than {sep!r}")
+    return entries, treedef
+
+
 def tree_variables(
     shapes: Any, *, rules: Rules | None = None, defaults: bool = True, sep: str = "/"
 ) -> tuple[list[Variable], Any]:
-    """The Variable of every leaf of `shapes` (anything with ``.shape`` and ``.dtype``) and the
-    treedef to rebuild the tree."""
+    """The Variable of every leaf of `shapes` (anything with ``.shape`` and ``.dtype``, or a Flax
+    box of it) and the treedef to rebuild the tree (Flax boxes are its leaves)."""
+    entries, treedef = _flatten(shapes, sep)
+    table = _table(rules) + (FLAX_DEFAULTS if defaults else [])
+    return [_variable(e.leaf, table) for e in entries], treedef
+
+
+# -- shardings ---------------------------------------------------------------------------------
+
+
+class ShardingRules:
+    """Shardings by path: ``(key, spec)`` pairs, or a mapping, where a key is a glob on the leaf's
+    path name (``"*/attn/*/kernel"``) or a predicate on the `Leaf` (`Last`), and a spec is a
+    ``jax.sharding.Sharding``, a ``PartitionSpec`` (on `materialize_tree`'s `mesh`) or None (the
+    leaf whole on JAX's default device). The first matching key wins; a leaf that no key matches is
+    replicated over `mesh` (``PartitionSpec()``); add ``("*", None)`` last to keep such leaves whole
+    on the default device instead."""
+
+    def __init__(self, rules: Mapping[RuleKey, Any] | Sequence[tuple[RuleKey, Any]]):
+        self.rules = _table(rules)
+        for key, _ in self.rules:
+            if not isinstance(key, str) and not callable(key):
+                raise TypeError(f"ShardingRules: a key is a path glob or a predicate on a Leaf, got {key!r}")
+
+    def spec(self, leaf: Leaf) -> Any:
+        """The spec of the first rule whose key matches `leaf`, else ``PartitionSpec()``."""
+        return self._match(leaf)[0]
+
+    def _match(self, leaf: Leaf) -> tuple[Any, str]:
+        from jax.sharding import PartitionSpec
+
+        for key, spec in self.rules:
+            if _matches(key, leaf):
+                return spec, f"ShardingRules' rule {key!r}"
+        return PartitionSpec(), "ShardingRules (no rule matches the leaf, so it is replicated)"
+
+    def __repr__(self) -> str:
+        return f"ShardingRules({self.rules!r})"
+
+
+ShardingsArg = Any
+"""None, a Sharding or PartitionSpec for every leaf, a pytree of them (None: whole on the default
+device) matching `shapes` or a prefix of it, a function ``Leaf -> Sharding | PartitionSpec | None``,
+`ShardingRules`, or ``"flax"``."""
+
+
+def _is_spec(x: Any) -> bool:
+    from jax.sharding import PartitionSpec, Sharding
+
+    return x is None or isinstance(x, Sharding | PartitionSpec)
+
+
+def _from_pytree(shardings: Any, entries: list[_Entry], sep: str) -> list[Any]:
+    """One spec per entry from a pytree of specs matching the leaves' tree or a prefix of it
+    (a spec at a subtree's root is every leaf's under it)."""
     import jax
 
-    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    table = list(rules.items()) if isinstance(rules, Mapping) else list(rules or ())
-    table += FLAX_DEFAULTS if defaults else []
-    variables = []
-    for path, value in flat:
-        leaf = Leaf(path_name(path, sep), tuple(int(d) for d in value.shape), np.dtype(value.dtype))
-        wire.numpy_dtype(dtype_value(leaf.dtype))  # a dtype weightgen has, or a clear error
-        variables.append(_variable(leaf, table))
-    names = [v.name for v in variables]
-    if len(set(names)) != len(names):
-        raise ValueError(f"two leaves have the same path name; pass another sep than {sep!r}")
-    return variables, treedef
+    flat = jax.tree_util.tree_flatten_with_path(shardings, is_leaf=lambda x: _is_spec(x) or _box_kind(x) is not None)[0]
+    given: dict[tuple[str, ...], Any] = {}
+    for path, item in flat:
+        spec = _unbox(item)
+        if not _is_spec(spec):
+            raise TypeError(
+                f"shardings at {path_name(path, sep)!r}: expected a Sharding, a PartitionSpec or None, got {spec!r}"
+            )
+        given[tuple(_key_name(k) for k in path)] = spec
+    used: set[tuple[str, ...]] = set()
+    specs = []
+    for entry in entries:
+        prefixes = [entry.keys[:n] for n in range(len(entry.keys) + 1)]
+        found = [p for p in prefixes if p in given]
+        if not found:
+            raise ValueError(
+                f"shardings has nothing for the leaf {entry.leaf}: give a pytree of shardings matching "
+                "shapes (or a prefix of it), with None for leaves to keep whole on the default device"
+            )
+        used.add(found[0])
+        specs.append(given[found[0]])
+    extra = [sep.join(k) for k in given if k not in used]
+    if extra:
+        raise ValueError(f"shardings has entries that are not leaves or subtrees of shapes: {extra[:5]}")
+    return specs
 
 
-def _leaf_shardings(shardings: Any, treedef: Any, variables: list[Variable]) -> list[Any]:
+def _flax_spec(entry: _Entry) -> tuple[Any, Any]:
+    """The PartitionSpec Flax's metadata gives a leaf (``PartitionSpec()``, replicated, for an
+    unannotated one, as Flax's own get_partition_spec) and the mesh its box names, if any."""
+    from jax.sharding import PartitionSpec
+
+    box = entry.box
+    kind = _box_kind(box)
+    if kind == "nnx":
+        from flax import nnx
+
+        metadata = box.get_metadata() if hasattr(box, "get_metadata") else {}
+        return _unbox(nnx.get_partition_spec(box)), metadata.get("mesh")
+    if kind == "linen":
+        return box.get_partition_spec(), getattr(box, "mesh", None)
+    return PartitionSpec(), None
+
+
+def _leaf_specs(shardings: ShardingsArg, entries: list[_Entry], sep: str) -> list[tuple[Any, Any, str]]:
+    """Per entry: (spec, the mesh it names if any, where it came from, for messages)."""
+    if shardings is None or _is_spec(shardings):
+        return [(shardings, None, "the one sharding given for every leaf")] * len(entries)
+    if isinstance(shardings, str):
+        if shardings != "flax":
+            raise ValueError(f"shardings={shardings!r}: the only name accepted is 'flax'")
+        return [(*_flax_spec(e), "Flax's partitioning metadata") for e in entries]
+    if isinstance(shardings, ShardingRules):
+        return [(spec, None, origin) for spec, origin in (shardings._match(e.leaf) for e in entries)]
+    if callable(shardings) and not isinstance(shardings, Mapping | Sequence):
+        return [(shardings(e.leaf), None, "the shardings function") for e in entries]
+    return [(spec, None, "the shardings pytree") for spec in _from_pytree(shardings, entries, sep)]
+
+
+def _entry_axes(entry: Any) -> tuple[str, ...]:
+    if entry is None:
+        return ()
+    return tuple(entry) if isinstance(entry, tuple | list) else (entry,)
+
+
+def _check_named(leaf: Leaf, spec: Any, mesh: Any, fail: Callable[[str], ValueError]) -> None:
+    """What JAX asks of a NamedSharding's spec for this leaf, said with the leaf's name."""
+    from jax.sharding import PartitionSpec
+
+    axes = dict(mesh.shape)
+    if len(spec) > len(leaf.shape):
+        raise fail(f"has {len(spec)} entries but the leaf has rank {len(leaf.shape)}")
+    seen: set[str] = set()
+    for axis, (entry, dim) in enumerate(zip(spec, leaf.shape, strict=False)):
+        if entry is PartitionSpec.UNCONSTRAINED:
+            raise fail(f"leaves axis {axis} unconstrained, which says nothing about where its values go")
+        names = _entry_axes(entry)
+        for name in names:
+            if name not in axes:
+                raise fail(f"names mesh axis {name!r}, which the mesh {axes} does not have")
+            if name in seen:
+                raise fail(f"uses mesh axis {name!r} twice")
+            seen.add(name)
+        parts = math.prod(axes[n] for n in names)
+        if dim % parts:
+            raise fail(
+                f"splits axis {axis} (size {dim}) {parts} ways over mesh axes {names}, which does not divide it "
+                "(JAX's NamedSharding needs even shards)"
+            )
+
+
+def _resolve(leaf: Leaf, spec: Any, box_mesh: Any, mesh: Any, origin: str) -> Any:
+    """The leaf's jax.sharding.Sharding (None: whole on the default device), checked to fit it."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    def fail(problem: str, per_leaf_hint: bool = True) -> ValueError:
+        hint = ""
+        if origin.startswith("the one sharding") and per_leaf_hint:
+            hint = (
+                "; one sharding for every leaf must fit every leaf: give one per leaf "
+                "(ShardingRules, a function of the Leaf, or a pytree)"
+            )
+        return ValueError(f"sharding for the leaf {leaf} from {origin}: {spec} {problem}{hint}")
+
+    if spec is None:
+        return None
+    if isinstance(spec, PartitionSpec):
+        if box_mesh is not None and mesh is not None and box_mesh != mesh:
+            raise fail(
+                f"comes with its own mesh {dict(box_mesh.shape)}, not mesh= {dict(mesh.shape)}", per_leaf_hint=False
+            )
+        on = mesh if mesh is not None else box_mesh
+        if on is None:
+            raise fail("is a PartitionSpec: pass mesh= (a jax.sharding.Mesh) to place it", per_leaf_hint=False)
+        _check_named(leaf, spec, on, fail)
+        try:
+            sharding = NamedSharding(on, spec)
+        except Exception as e:  # what JAX refuses beyond the checks above
+            raise fail(f"is refused by JAX: {e}") from e
+    else:
+        sharding = spec
+        if isinstance(sharding, NamedSharding):
+            _check_named(leaf, sharding.spec, sharding.mesh, fail)
+    try:
+        sharding.shard_shape(leaf.shape)
+        sharding.addressable_devices_indices_map(leaf.shape)
+    except Exception as e:  # any other Sharding that does not fit the shape: JAX's words, with the leaf's
+        raise fail(f"does not fit: {type(e).__name__}: {e}") from e
+    return sharding
+
+
+def _shardings(entries: list[_Entry], shardings: ShardingsArg, mesh: Any, sep: str) -> list[Any]:
     import jax
 
-    if shardings is None:
-        return [None] * len(variables)
-    if isinstance(shardings, jax.sharding.Sharding):
-        return [shardings] * len(variables)
-    if callable(shardings):
-        return [shardings(Leaf(v.name, tuple(v.shape), wire.numpy_dtype(v.dtype))) for v in variables]
-    return treedef.flatten_up_to(shardings)
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"mesh= must be a jax.sharding.Mesh of devices, got {type(mesh).__name__}")
+    out = []
+    for entry, (spec, box_mesh, origin) in zip(entries, _leaf_specs(shardings, entries, sep), strict=True):
+        if not _is_spec(spec):
+            raise TypeError(
+                f"{origin} gave {spec!r} for the leaf {entry.leaf}: expected a Sharding, a PartitionSpec or None"
+            )
+        out.append(_resolve(entry.leaf, spec, box_mesh, mesh, origin))
+    return out
+
+
+def leaf_shardings(shapes: Any, shardings: ShardingsArg, *, mesh: Any = None, sep: str = "/") -> list[tuple[Leaf, Any]]:
+    """Every leaf of `shapes` with the ``jax.sharding.Sharding`` `materialize_tree` would give it
+    (None: whole on the default device), each checked to fit its leaf: a dry run that fetches nothing."""
+    entries, _ = _flatten(shapes, sep)
+    return list(zip((e.leaf for e in entries), _shardings(entries, shardings, mesh, sep), strict=True))
 
 
 def materialize_tree(
@@ -176,30 +444,49 @@ def materialize_tree(
     *,
     seed: int = 0,
     rules: Rules | None = None,
-    shardings: Any = None,
+    shardings: ShardingsArg = None,
+    mesh: Any = None,
     session: Session | str | None = None,
     defaults: bool = True,
     sep: str = "/",
     streams: int = 1,
 ) -> Any:
     """`shapes` (a pytree of ``jax.ShapeDtypeStruct``, as ``jax.eval_shape(model.init, ...)``
-    returns, or of arrays) with every leaf replaced by weightgen's values, as ``jax.Array``.
+    returns, or of arrays, or Flax's boxes of them) with every leaf replaced by weightgen's values,
+    as ``jax.Array``.
 
     `rules` map path globs (or predicates) to initializers and come before `FLAX_DEFAULTS`
-    (``defaults=False`` drops those). `shardings` is None (each leaf whole on the default device),
-    one ``jax.sharding.Sharding`` for every leaf, a pytree of them matching `shapes`, or a function
-    ``Leaf -> Sharding | None``: each addressable device gets its slice, as
-    ``sharding.addressable_devices_indices_map(shape)`` says, fetched as a slice (fans always from
-    the full shape), and the leaf is ``jax.make_array_from_single_device_arrays``. Needs a
-    non-zero `seed` or a by-name `session`."""
+    (``defaults=False`` drops those). `shardings` gives each leaf a sharding:
+
+    - None: every leaf whole on JAX's default device;
+    - one ``jax.sharding.Sharding`` (or ``PartitionSpec`` on `mesh`) for every leaf: each leaf must
+      fit it;
+    - a pytree of ``Sharding`` / ``PartitionSpec`` / None matching `shapes`, or a prefix of it (a
+      spec at a subtree's root covers every leaf under it), e.g. ``nn.get_partition_spec(shapes)``;
+    - a function ``Leaf -> Sharding | PartitionSpec | None``;
+    - `ShardingRules`: path globs or predicates -> spec, first match wins, unmatched leaves
+      replicated over `mesh`;
+    - ``"flax"``: Flax's partitioning metadata (``nn.with_partitioning``, ``nnx.with_partitioning``,
+      logical names through Flax's axis rules in context), unannotated leaves replicated.
+
+    A ``PartitionSpec`` is placed on `mesh` (a ``jax.sharding.Mesh``; for ``"flax"`` a mesh the box
+    names serves too). Every leaf's sharding is checked before anything is fetched: one that does not
+    fit the leaf (more entries than its rank, an unknown or repeated mesh axis, an axis that does not
+    divide evenly, ...) is a ValueError naming the leaf, its shape and the spec. Each addressable
+    device gets its slice, as ``sharding.addressable_devices_indices_map(shape)`` says, fetched as a
+    slice (fans always from the full shape), and the leaf is
+    ``jax.make_array_from_single_device_arrays``. Needs a non-zero `seed` or a by-name `session`."""
     import jax
 
-    variables, treedef = tree_variables(shapes, rules=rules, defaults=defaults, sep=sep)
-    leaf_shardings = _leaf_shardings(shardings, treedef, variables)
+    entries, treedef = _flatten(shapes, sep)
+    table = _table(rules) + (FLAX_DEFAULTS if defaults else [])
+    variables = [_variable(e.leaf, table) for e in entries]
+    for entry in entries:
+        _check_width(entry.leaf.dtype, entry.leaf.name)
+    placements = _shardings(entries, shardings, mesh, sep)
     items: list[tuple[Variable, Ranges | None]] = []
     plan: list[list[tuple[Any, int]] | int] = []  # per leaf: [(device, item index)] or an item index
-    for variable, sharding in zip(variables, leaf_shardings, strict=True):
-        _check_width(wire.numpy_dtype(dtype_value(variable.dtype)))
+    for variable, sharding in zip(variables, placements, strict=True):
         if sharding is None:
             plan.append(len(items))
             items.append((variable, None))
@@ -216,13 +503,25 @@ def materialize_tree(
         plan.append(placed)
     arrays = fetch_shards(client, items, seed=seed, session=session, streams=streams)
     out = []
-    for variable, sharding, placed in zip(variables, leaf_shardings, plan, strict=True):
+    for entry, sharding, placed in zip(entries, placements, plan, strict=True):
         if isinstance(placed, int):
-            out.append(jax.device_put(arrays[placed]))
-            continue
-        pieces = [jax.device_put(arrays[i], device) for device, i in placed]
-        out.append(jax.make_array_from_single_device_arrays(tuple(variable.shape), sharding, pieces))
+            value = jax.device_put(arrays[placed])
+        else:
+            pieces = [jax.device_put(arrays[i], device) for device, i in placed]
+            value = jax.make_array_from_single_device_arrays(entry.leaf.shape, sharding, pieces)
+        out.append(value if entry.box is None else _rebox(entry.box, value))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-__all__ = ["FLAX_DEFAULTS", "Last", "Leaf", "array", "materialize_tree", "path_name", "to_jax", "tree_variables"]
+__all__ = [
+    "FLAX_DEFAULTS",
+    "Last",
+    "Leaf",
+    "ShardingRules",
+    "array",
+    "leaf_shardings",
+    "materialize_tree",
+    "path_name",
+    "to_jax",
+    "tree_variables",
+]
