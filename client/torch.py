@@ -11,9 +11,11 @@ an initializer from the first matching rule: the caller's `rules`, then the pres
 (`PRESETS`). ``preset="torch"`` reproduces the distributions of PyTorch's own ``reset_parameters``
 (Linear and Conv weights ``kaiming_uniform(a=sqrt(5))``, their biases ``U(-1/sqrt(fan_in),
 1/sqrt(fan_in))`` with fan_in from the weight, Embedding ``N(0, 1)``, norms 1 and 0, batch-norm
-statistics 0 and 1); ``preset="weightgen"`` is the modern transformer default (truncated normal
-0.02 for Linear and Embedding weights, zeros for biases). Initializers without fan axes get
-PyTorch's ``[out, in, spatial...]`` layout (``channels_first``). Tied parameters (one tensor under
+statistics 0 and 1, transformers' Conv1D ``N(0, 0.02)``); ``preset="weightgen"`` is the modern
+transformer default (truncated normal 0.02 for Linear and Embedding weights, zeros for biases);
+``preset="hf"`` is the model family's own ``_init_weights`` (`weightgen.client.hf`). Initializers
+without fan axes get PyTorch's ``[out, in, spatial...]`` layout (``channels_first``; transformers'
+Conv1D, whose weight is ``[in, out]``, gets ``channels_last``). Tied parameters (one tensor under
 several keys, as GPT-2's ``lm_head.weight`` and ``wte.weight``) are fetched once and stay tied.
 
 bfloat16 has no numpy dtype of its own (ml_dtypes provides one torch does not know), so its
@@ -25,6 +27,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -146,6 +149,17 @@ def padding_note(param: Param) -> str:
     return f"padding row {padding} zeroed" if padding is not None else ""
 
 
+def _conv1d() -> type | None:
+    """transformers' Conv1D (GPT-2's Linear, weight ``[in, out]``), if transformers is loaded (no
+    module can be one otherwise)."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def _is_conv1d(module: Any) -> bool:
+    conv1d = _conv1d()
+    return conv1d is not None and isinstance(module, conv1d)
+
+
 def preset_table(module: Any, preset: str = "auto") -> list[tuple[RuleKey, PresetRule]]:
     """The rules of `preset` for `module`, in the order they are tried (see `PRESETS`)."""
     from torch import nn
@@ -155,6 +169,8 @@ def preset_table(module: Any, preset: str = "auto") -> list[tuple[RuleKey, Prese
     linear = (nn.Linear, nn.modules.conv._ConvNd)
     norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
     embeddings = (nn.Embedding, nn.EmbeddingBag)
+    conv1d = _conv1d()
+    conv1d_bias = [((conv1d, "bias"), PresetRule("zeros", note="a bias: zeros"))] if conv1d else []
     common = [
         ((norms, "weight"), PresetRule("ones", note="a norm's scale: ones")),
         ((norms, "bias"), PresetRule("zeros", note="a norm's shift: zeros")),
@@ -173,12 +189,16 @@ def preset_table(module: Any, preset: str = "auto") -> list[tuple[RuleKey, Prese
         ((linear, "weight"), PresetRule("kaiming_uniform(a=2.23606797749979)")),  # a = sqrt(5): U(+-1/sqrt(fan_in))
         ((linear, "bias"), PresetRule(torch_bias, note="a bias: U(+-1/sqrt(fan_in of its weight))")),
         ((embeddings, "weight"), PresetRule("random_normal(stddev=1)", zero_padding_row, padding_note)),
+        *([((conv1d, "weight"), PresetRule("random_normal(stddev=0.02)"))] if conv1d else []),  # its __init__
+        *conv1d_bias,
     ]
     weightgen_table = [
         ((nn.Linear, "weight"), PresetRule("truncated_normal(stddev=0.02)")),
         ((nn.modules.conv._ConvNd, "weight"), PresetRule("kaiming_normal(mode=fan_out, nonlinearity=relu)")),
         ((linear, "bias"), PresetRule("zeros", note="a bias: zeros")),
         ((embeddings, "weight"), PresetRule("truncated_normal(stddev=0.02)", zero_padding_row, padding_note)),
+        *([((conv1d, "weight"), PresetRule("truncated_normal(stddev=0.02)"))] if conv1d else []),
+        *conv1d_bias,
     ]
     if preset == "hf":  # the model family's own _init_weights first, then what PyTorch's modules do
         from .hf import preset_rules
@@ -365,7 +385,8 @@ def _variable(entry: _Entry) -> Variable:
     value = entry.rule.value
     if callable(value) and not isinstance(value, pb.Initializer):
         value = value(param)
-    message = _with_layout(initializer(value), pb.FAN_LAYOUT_CHANNELS_FIRST)
+    layout = pb.FAN_LAYOUT_CHANNELS_LAST if _is_conv1d(param.module) else pb.FAN_LAYOUT_CHANNELS_FIRST
+    message = _with_layout(initializer(value), layout)
     return Variable(param.key, param.shape, message, dtype=torch_dtype_name(param.dtype))
 
 
