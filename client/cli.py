@@ -41,7 +41,7 @@ from weightgen.v1 import wire
 from .client import DEFAULT_TARGET, Client
 from .errors import WeightgenError
 from .files import Manifest, read_header, read_manifest, tensor_stats
-from .specfile import SpecFileError, load_spec
+from .specfile import SpecFileError, read_spec
 from .verify import verify_file
 
 SERVER_ENV = "WEIGHTGEN_SERVER"
@@ -57,6 +57,8 @@ spec files (examples/specs/ has an MLP, ResNet-50 and GPT-2 small):
                    "head": {"shape": [10, 64], "init": {"heNormal": {}}, "slice": [[0, 5], [0, 64]]}}}
   a string is SHAPE [INITIALIZER] [DTYPE] [LAYOUT] [seed=N]; top-level "dtype", "layout" and "init"
   are defaults. Run `weightgen list` for every initializer and its parameters.
+  either form may add "zeroRows": {"name": [row, ...]}: rows zeroed after the fetch (padding rows),
+  recorded in the file's manifest.
 """
 
 
@@ -149,9 +151,10 @@ def _client(args: argparse.Namespace, fallback: str = DEFAULT_TARGET, **kwargs) 
 
 def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
     try:
-        request = load_spec(args.spec)
+        spec = read_spec(args.spec)
     except (OSError, SpecFileError) as e:
         raise UsageError(str(e)) from None
+    request, zero_rows = spec.request, spec.zero_rows
     if args.seed is not None:
         request.seed = args.seed
     if args.chunk_bytes is not None:
@@ -173,9 +176,13 @@ def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
             progress.update(task, completed=received, total=total)
 
         started = time.perf_counter()
-        manifest = client.materialize_to_file(request, args.output, streams=args.streams, progress=advance)
+        manifest = client.materialize_to_file(
+            request, args.output, streams=args.streams, progress=advance, zero_rows=zero_rows
+        )
         seconds = time.perf_counter() - started
     table = _manifest_table(escape(f"weightgen fetch → {args.output}"), manifest)
+    if zero_rows:
+        table.add_row("zero rows", escape("; ".join(f"{name} {rows}" for name, rows in zero_rows.items())))
     table.add_row("time", f"{seconds:.2f} s ({human_bytes(manifest.total_bytes / max(seconds, 1e-9))}/s)")
     out.print(table)
     return 0

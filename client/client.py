@@ -32,7 +32,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from weightgen.v1 import wire
 from . import errors
 from .assemble import Assembler, MemorySink, Sink, Tensor
 from .balance import balance
-from .files import MANIFEST_KEY, Manifest, ManifestVariable, SafetensorsWriter
+from .files import MANIFEST_KEY, Manifest, ManifestVariable, SafetensorsWriter, check_zero_rows
 from .specs import InitializerLike, VariableLike, dtype_value, enum_value, initializer, planned_bytes, variable_specs
 
 DEFAULT_TARGET = "localhost:50051"
@@ -566,11 +566,15 @@ class Client:
         session: Session | str | None = None,
         streams: int = 1,
         progress: Progress | None = None,
+        zero_rows: Mapping[str, Sequence[int]] | None = None,
     ) -> Manifest:
         """Stream every variable into a safetensors file at `path` (never holding the model in
         memory) with a manifest in its metadata; returns the manifest. complex128 variables are
-        refused (safetensors cannot store them)."""
+        refused (safetensors cannot store them). `zero_rows` (``{name: [row, ...]}``, rows of the
+        full tensor's axis 0) are set to zero once fetched, as a model's init zeroes an Embedding's
+        padding row; the manifest records them (`weightgen verify` applies them too)."""
         request = self.request(variables, seed=seed, session=session)
+        zeroed = check_zero_rows(request.variables, zero_rows)
         default = session.default_dtype if isinstance(session, Session) else pb.DTYPE_FLOAT32
         dtypes = [spec.dtype or default for spec in request.variables]
         recorded = pb.MaterializeRequest()
@@ -582,7 +586,7 @@ class Client:
             server=self.target,
             session=session.open_request() if isinstance(session, Session) else None,
         )
-        reserve = {"format": "pt", MANIFEST_KEY: manifest.placeholder(dtypes).to_json()}
+        reserve = {"format": "pt", MANIFEST_KEY: manifest.placeholder(dtypes, zeroed).to_json()}
         writer = SafetensorsWriter(path, request.variables, dtypes, metadata_reserve=reserve)
         started = time.perf_counter()
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -592,6 +596,10 @@ class Client:
             for key, tensor in self._fetch(request, writer, session, streams, progress):
                 entries[key] = ManifestVariable.from_info(tensor.info, tensor.digest)
                 generators[tensor.info.generator] = None
+            for key, spec in enumerate(request.variables):
+                if spec.name in zeroed:
+                    writer.zero_rows(key, zeroed[spec.name], spec.slice[0].start if spec.slice else 0)
+                    entries[key].zero_rows = zeroed[spec.name]
             manifest.variables = [entries[i] for i in range(len(request.variables))]
             manifest.generator = ",".join(generators)
             manifest.created = created

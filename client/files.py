@@ -86,6 +86,9 @@ class ManifestVariable:
     digest: str  # sha256 of the bytes, hex
     sequence_index: int | None = None  # position in a sequential session
     zero_reason: str = ""  # ZeroReason name when a random initializer gave zeros
+    zero_rows: list[int] = field(default_factory=list)
+    """Rows (indices along axis 0 of the full tensor) the client set to zero after the fetch, as a
+    model's own init zeroes an Embedding's padding row; `digest` is still that of the server's bytes."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -101,6 +104,8 @@ class ManifestVariable:
             out["sequenceIndex"] = self.sequence_index
         if self.zero_reason:
             out["zeroReason"] = self.zero_reason
+        if self.zero_rows:
+            out["zeroRows"] = self.zero_rows
         return out
 
     @classmethod
@@ -115,6 +120,7 @@ class ManifestVariable:
             digest=data["digest"],
             sequence_index=data.get("sequenceIndex"),
             zero_reason=data.get("zeroReason", ""),
+            zero_rows=[int(r) for r in data.get("zeroRows", [])],
         )
 
     @classmethod
@@ -195,7 +201,7 @@ class Manifest:
             seconds=float(data.get("seconds", 0.0)),
         )
 
-    def placeholder(self, dtypes: Sequence[int]) -> Manifest:
+    def placeholder(self, dtypes: Sequence[int], zero_rows: Mapping[str, Sequence[int]] | None = None) -> Manifest:
         """This manifest with every variable at its widest values (what a header must make room for)."""
         sequential = self.session is not None and self.session.rng_mode == pb.RNG_MODE_SEQUENTIAL
         variables = []
@@ -211,6 +217,7 @@ class Manifest:
                     digest="f" * 64,
                     sequence_index=_MAX_SEQUENCE if sequential else None,
                     zero_reason=max(pb.ZeroReason.keys(), key=len),
+                    zero_rows=list((zero_rows or {}).get(spec.name, [])),
                 )
             )
         return Manifest(
@@ -222,6 +229,33 @@ class Manifest:
             created="0000-00-00T00:00:00.000000Z",
             seconds=9_999_999.999,
         )
+
+
+def check_zero_rows(
+    specs: Sequence[pb.VariableSpec], zero_rows: Mapping[str, Sequence[int]] | None
+) -> dict[str, list[int]]:
+    """`zero_rows` (``{variable name: [row, ...]}``, rows of the full tensor's axis 0) checked
+    against the request's variables, sorted and without repeats; ValueError naming the variable."""
+    if not zero_rows:
+        return {}
+    if not isinstance(zero_rows, Mapping):
+        raise ValueError(f"zero rows: expected {{variable name: [row, ...]}}, got {type(zero_rows).__name__}")
+    shapes = {spec.name: list(spec.shape) for spec in specs}
+    out: dict[str, list[int]] = {}
+    for name, rows in zero_rows.items():
+        if name not in shapes:
+            raise ValueError(f"zero rows: {name!r} is not a variable of the request")
+        shape = shapes[name]
+        if not shape:
+            raise ValueError(f"variable {name!r}: zero rows need a tensor of rank >= 1, it is a scalar")
+        if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+            raise ValueError(f"variable {name!r}: zero rows must be a list of row indices, got {rows!r}")
+        for row in rows:
+            if isinstance(row, bool) or not isinstance(row, (int, np.integer)) or not 0 <= row < shape[0]:
+                raise ValueError(f"variable {name!r}: zero row {row!r} is not a row index in [0, {shape[0]})")
+        if rows:
+            out[name] = sorted({int(r) for r in rows})
+    return out
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -418,6 +452,17 @@ class SafetensorsWriter:
     def finish(self, key: int) -> None:
         return None
 
+    def zero_rows(self, key: int, rows: Sequence[int], start: int) -> None:
+        """Set rows of variable `key` to zero: `rows` index axis 0 of the full tensor, whose rows
+        from `start` on the file holds (a slice); rows outside what it holds are skipped."""
+        entry = self._entries[key]
+        if not entry.shape or entry.size == 0:
+            return
+        row_bytes = entry.size // entry.shape[0]
+        for row in rows:
+            if start <= row < start + entry.shape[0]:
+                self._pwrite(bytes(row_bytes), 8 + self._header_size + entry.begin + (row - start) * row_bytes)
+
     # -- completion --
 
     def commit(self, metadata: Mapping[str, str]) -> Path:
@@ -471,6 +516,7 @@ __all__ = [
     "ManifestVariable",
     "SafetensorsWriter",
     "TensorStats",
+    "check_zero_rows",
     "iter_tensors",
     "read_header",
     "read_manifest",

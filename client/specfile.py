@@ -26,6 +26,11 @@ A shorthand string is ``SHAPE [INITIALIZER] [DTYPE] [LAYOUT] [seed=N]``: SHAPE i
 number, or ``scalar``; INITIALIZER is a name or ``name(param=value, ...)`` (as `specs.parse_initializer`
 reads it), and may be left out when there is a default ``init``. The object form takes ``shape``,
 ``init`` (string or protobuf JSON), ``dtype``, ``layout``, ``seed`` and ``slice`` ([start, stop] per axis).
+
+Either form may have a top-level ``"zeroRows": {"name": [row, ...]}``: rows (of the full tensor's
+axis 0) the client sets to zero after the fetch, as a model's own init zeroes an Embedding's padding
+row (``weightgen spec --hf-config`` writes them). They are not part of the request: `read_spec`
+returns them beside it, and the file's manifest records them.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
@@ -41,6 +47,7 @@ from google.protobuf import json_format
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
 
+from .files import check_zero_rows
 from .specs import dtype_value, enum_value, initializer, slice_ranges
 
 _LAYOUTS = ("channels_first", "channels_last")
@@ -66,23 +73,61 @@ class SpecFileError(ValueError):
     """A spec file that cannot be read as a request; the message names the variable and problem."""
 
 
-def load_spec(path: str | os.PathLike) -> pb.MaterializeRequest:
-    """The MaterializeRequest in a spec file (either form)."""
+@dataclass(frozen=True)
+class Spec:
+    """A spec file: its `request`, and the `zero_rows` (``{name: [row, ...]}``) to zero after the fetch."""
+
+    request: pb.MaterializeRequest
+    zero_rows: dict[str, list[int]] = field(default_factory=dict)
+
+
+def read_spec(path: str | os.PathLike) -> Spec:
+    """The request in a spec file (either form) and its zero rows."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise SpecFileError(f"{path}: not valid JSON: {e}") from None
     try:
-        return parse_spec(data)
+        return spec_from_dict(data)
     except SpecFileError as e:
         raise SpecFileError(f"{path}: {e}") from None
 
 
+def load_spec(path: str | os.PathLike) -> pb.MaterializeRequest:
+    """The MaterializeRequest in a spec file (either form); SpecFileError if the file has zero
+    rows, which a request cannot hold (read it with `read_spec`)."""
+    return _request_only(read_spec(path), path)
+
+
 def parse_spec(data: Mapping[str, Any]) -> pb.MaterializeRequest:
-    """A MaterializeRequest from a decoded spec file (either form)."""
+    """A MaterializeRequest from a decoded spec file (either form); see `load_spec`."""
+    return _request_only(spec_from_dict(data), "the spec")
+
+
+def _request_only(spec: Spec, where: Any) -> pb.MaterializeRequest:
+    if spec.zero_rows:
+        raise SpecFileError(
+            f"{where}: has zeroRows ({', '.join(spec.zero_rows)}), which a MaterializeRequest cannot hold: "
+            "read it with read_spec (weightgen fetch does)"
+        )
+    return spec.request
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> Spec:
+    """A Spec from a decoded spec file (either form)."""
     if not isinstance(data, Mapping):
         raise SpecFileError("the spec must be a JSON object")
+    data = dict(data)
+    rows = data.pop("zeroRows", None)
+    request = _request(data)
+    try:
+        return Spec(request, check_zero_rows(request.variables, rows))
+    except ValueError as e:
+        raise SpecFileError(str(e)) from None
+
+
+def _request(data: Mapping[str, Any]) -> pb.MaterializeRequest:
     variables = data.get("variables")
     if isinstance(variables, list):
         try:
@@ -170,4 +215,4 @@ def _shorthand(data: Mapping[str, Any]) -> pb.MaterializeRequest:
     return request
 
 
-__all__ = ["SpecFileError", "load_spec", "parse_spec"]
+__all__ = ["Spec", "SpecFileError", "load_spec", "parse_spec", "read_spec", "spec_from_dict"]

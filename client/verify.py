@@ -5,7 +5,9 @@ asks for exactly those bytes: by-name variables with their seed as a per-variabl
 same key derivation), sequential ones at their recorded position in a fresh session with the same
 seed. Each tensor is compared three ways: the server's digest against the manifest's, the file's
 bytes against the re-fetched ones, and (so a corrupted file is named even when bytes are equal
-elsewhere) the file's sha256 against the manifest.
+elsewhere) the file's sha256 against the manifest. Rows the manifest says the client zeroed after
+the fetch (``zeroRows``: Embedding padding rows) are zeroed in the fresh tensor before the file is
+compared with it, and such a tensor's file sha256 is not expected to equal the server's digest.
 """
 
 from __future__ import annotations
@@ -113,12 +115,18 @@ def verify_file(
                 problems.append(f"file has {stored.dtype} {list(stored.shape)}, the server {list(tensor.array.shape)}")
             else:
                 view = tensor_view(path, stored)
-                fresh = np.ascontiguousarray(tensor.array).reshape(-1).view(np.uint8)
+                expected = np.array(tensor.array, copy=True) if entry.zero_rows else tensor.array
+                start = entry.slice[0][0] if entry.slice else 0
+                for row in entry.zero_rows:
+                    if start <= row < start + expected.shape[0]:
+                        expected[row - start] = 0
+                fresh = np.ascontiguousarray(expected).reshape(-1).view(np.uint8)
                 on_disk = np.asarray(view).reshape(-1).view(np.uint8)
                 if not np.array_equal(fresh, on_disk):
                     differing = int(np.count_nonzero(fresh != on_disk))
-                    problems.append(f"{differing} of {fresh.size} bytes in the file differ from the server's")
-                if _file_digest(view).hex() != entry.digest:
+                    what = "the server's with the manifest's zero rows" if entry.zero_rows else "the server's"
+                    problems.append(f"{differing} of {fresh.size} bytes in the file differ from {what}")
+                if not entry.zero_rows and _file_digest(view).hex() != entry.digest:
                     problems.append("the file's sha256 differs from the manifest's digest")
             record(Check(tensor.name, entry.byte_size, tuple(problems)))
     finally:

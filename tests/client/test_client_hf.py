@@ -1,15 +1,25 @@
-"""transformers models with the torch adapter: Conv1D (GPT-2) weights are [in, out]."""
+"""transformers models with the torch adapter, and rows zeroed after a fetch (padding rows) in files
+and spec files.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import numpy as np
+import pytest
 import torch
 import transformers
+from safetensors.torch import load_file
 from transformers.pytorch_utils import Conv1D
 
+from weightgen.client import Variable, read_manifest
+from weightgen.client.files import read_header
+from weightgen.client.specfile import SpecFileError, load_spec, read_spec
 from weightgen.client.torch import module_variables
+from weightgen.client.verify import verify_file
 from weightgen.v1 import weightgen_pb2 as pb
 
 RANGE = 0.03  # not transformers' default 0.02: the rules must read the config
@@ -92,3 +102,54 @@ def test_conv1d_weights_are_in_out_for_fans(client):
     values = client.materialize([c_fc], seed=3)[c_fc.name]
     bound = math.sqrt(6 / 64)  # kaiming_uniform (gain sqrt(2)): fan_in is the 64 inputs, not the 256 outputs
     assert np.abs(values).max() <= bound and np.abs(values).max() > 0.95 * bound
+
+
+# -- zero rows in files and spec files ---------------------------------------------------------
+
+
+def test_zero_rows_are_applied_recorded_and_verified(client, tmp_path):
+    message = [
+        Variable("table", [10, 6], "random_normal(stddev=1)"),
+        Variable("half", [10, 6], "random_normal(stddev=1)", slice=np.s_[4:10]),
+    ]
+    plain = client.materialize(message, seed=3)
+    path = tmp_path / "rows.safetensors"
+    manifest = client.materialize_to_file(message, path, seed=3, zero_rows={"table": [7, 2], "half": [1, 5]})
+    stored = load_file(path)
+    want_table, want_half = plain["table"].copy(), plain["half"].copy()
+    want_table[[2, 7]] = 0
+    want_half[5 - 4] = 0  # row 1 is outside the slice [4, 10)
+    assert np.array_equal(stored["table"].numpy(), want_table) and np.array_equal(stored["half"].numpy(), want_half)
+    assert [v.zero_rows for v in manifest.variables] == [[2, 7], [1, 5]]
+    assert [v.zero_rows for v in read_manifest(path).variables] == [[2, 7], [1, 5]]
+    assert all(check.ok for check in verify_file(client, path))
+
+    # A zero row that is not zero in the file, or a value zeroed that should not be, is found.
+    _, tensors = read_header(path)
+    where = next(t for t in tensors if t.name == "table")
+    with open(path, "r+b") as f:
+        f.seek(where.begin + 2 * 6 * 4)
+        f.write(np.float32(1.5).tobytes())
+    checks = {c.name: c for c in verify_file(client, path)}
+    assert checks["half"].ok and not checks["table"].ok
+    assert "differ from the server's with the manifest's zero rows" in checks["table"].problems[0]
+
+    for bad, message_part in [
+        ({"nope": [0]}, "'nope' is not a variable of the request"),
+        ({"table": [10]}, "variable 'table': zero row 10 is not a row index in [0, 10)"),
+        ({"table": "0"}, "variable 'table': zero rows must be a list"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message_part)):
+            client.materialize_to_file(message, tmp_path / "bad.safetensors", zero_rows=bad)
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_spec_files_carry_zero_rows(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"variables": {"emb": "8x4 normal"}, "zeroRows": {"emb": [3]}}))
+    assert read_spec(spec).zero_rows == {"emb": [3]} and read_spec(spec).request.variables[0].name == "emb"
+    with pytest.raises(SpecFileError, match=r"has zeroRows \(emb\).*read_spec"):
+        load_spec(spec)
+    spec.write_text(json.dumps({"variables": [{"name": "emb", "shape": [8, 4]}], "zeroRows": {"emb": [8]}}))
+    with pytest.raises(SpecFileError, match=r"spec.json: variable 'emb': zero row 8 is not a row index in \[0, 8\)"):
+        read_spec(spec)
