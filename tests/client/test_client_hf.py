@@ -1,5 +1,8 @@
-"""transformers models with the torch adapter, and rows zeroed after a fetch (padding rows) in files
-and spec files.
+"""Hugging Face models filled with their family's own init (preset hf), against the real server.
+
+Each family's expected distributions are written here from transformers' ``_init_weights`` source
+(not from weightgen.client.hf), and checked on transformers' own initialisation as well as on
+weightgen's: the table is right about transformers, and weightgen follows it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
+from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from weightgen.client import Variable, read_manifest
 from weightgen.client.files import read_header
+from weightgen.client.hf import FAMILIES
 from weightgen.client.specfile import SpecFileError, load_spec, read_spec
-from weightgen.client.torch import module_variables
+from weightgen.client.torch import RuleOverrideWarning, materialize_module, module_variables
 from weightgen.client.verify import verify_file
 from weightgen.v1 import weightgen_pb2 as pb
 
@@ -86,6 +91,182 @@ def tiny(family: str) -> tuple[type, transformers.PretrainedConfig]:
     cls, config = cases[family]
     config.architectures = [cls.__name__]
     return cls, config
+
+
+def expected_rule(family: str, key: str, config) -> tuple[str, float]:
+    """("normal", std) or ("constant", value) for one state-dict key, read from transformers' source."""
+    if key.endswith("bias") and family != "t5":
+        return "constant", 0.0  # every bias: Linear, Conv1D, norms, BERT's LM head
+    if family == "gpt2":
+        if ".ln_" in key:
+            return "constant", 1.0
+        if key.endswith(("attn.c_proj.weight", "mlp.c_proj.weight")):  # GPT-2's residual scaling
+            return "normal", RANGE / math.sqrt(2 * config.n_layer)
+        return "normal", RANGE
+    if family in ("llama", "mistral", "qwen2", "qwen3"):
+        return ("constant", 1.0) if "norm" in key else ("normal", RANGE)
+    if family == "bert":
+        return ("constant", 1.0) if "LayerNorm" in key else ("normal", RANGE)
+    assert family == "t5"
+    d, dkv, dff, heads = config.d_model, config.d_kv, config.d_ff, config.num_heads
+    if "layer_norm" in key:
+        return "constant", FACTOR
+    if key in ("shared.weight", "lm_head.weight") or key.endswith("embed_tokens.weight"):
+        return "normal", FACTOR
+    stds = {
+        ".q.weight": FACTOR * (d * dkv) ** -0.5,
+        ".k.weight": FACTOR * d**-0.5,
+        ".v.weight": FACTOR * d**-0.5,
+        ".o.weight": FACTOR * (heads * dkv) ** -0.5,
+        "relative_attention_bias.weight": FACTOR * d**-0.5,
+        ".wi.weight": FACTOR * d**-0.5,
+        ".wo.weight": FACTOR * dff**-0.5,
+    }
+    return "normal", next(std for end, std in stds.items() if key.endswith(end))
+
+
+def padding_rows(family: str, key: str, config) -> list[int]:
+    embeddings = {"llama": "model.embed_tokens.weight", "qwen2": "model.embed_tokens.weight"}
+    embeddings |= {"bert": "bert.embeddings.word_embeddings.weight"}
+    return [config.pad_token_id] if embeddings.get(family) == key and config.pad_token_id is not None else []
+
+
+def check_normal(values: np.ndarray, std: float, what: str) -> None:
+    """N(0, std), not truncated, not uniform: mean, standard deviation and the share beyond two
+    standard deviations (4.55% for a normal, 0 for weightgen's truncated normal or a uniform) each
+    within 6 standard errors for the sample size."""
+    values = values.astype(np.float64).reshape(-1)
+    n = values.size
+    assert n >= 64 and np.isfinite(values).all(), what
+    assert abs(values.mean()) <= 6 * std / math.sqrt(n), (what, values.mean(), std)
+    assert abs(values.std() / std - 1) <= 6 / math.sqrt(2 * n), (what, values.std(), std)
+    tail, p = float(np.mean(np.abs(values) > 2 * std)), 0.0455
+    assert abs(tail - p) <= 6 * math.sqrt(p * (1 - p) / n), (what, tail)
+
+
+def check_family(family: str, config, state: dict[str, torch.Tensor], who: str) -> None:
+    """Every tensor of `state` follows the family's rule."""
+    for key, tensor in state.items():
+        if tensor.dtype == torch.int64:  # BERT's position_ids and token_type_ids, checked elsewhere
+            continue
+        values = tensor.detach().float().numpy()
+        kind, value = expected_rule(family, key, config)
+        what = f"{who} {key}"
+        if kind == "constant":
+            assert (values == value).all(), what
+            continue
+        rows = padding_rows(family, key, config)
+        for row in rows:
+            assert (values[row] == 0).all(), f"{what}: padding row {row}"
+        check_normal(np.delete(values, rows, axis=0), value, what)
+
+
+def forward(model, config) -> torch.Tensor:
+    ids = torch.arange(8).unsqueeze(0) * 7 % config.vocab_size
+    with torch.no_grad():
+        extra = {"decoder_input_ids": ids} if config.is_encoder_decoder else {}
+        return model.eval()(input_ids=ids, **extra).logits
+
+
+FAMILY_NAMES = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "bert", "t5"]
+
+
+def test_the_families_are_those_tested():
+    assert sorted(FAMILIES) == sorted(FAMILY_NAMES)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_preset_hf_follows_the_family_init(family, client, tmp_path):
+    cls, config = tiny(family)
+    torch.manual_seed(0)
+    reference = cls(config)  # transformers' own init
+    check_family(family, config, reference.state_dict(), "transformers")
+
+    with torch.device("meta"):
+        model = cls(config)
+    variables = module_variables(model)  # preset "auto" is "hf" for a transformers model
+    for key, variable in variables.items():
+        message = variable.to_proto().initializer
+        if variable.dtype == "int64" or "inv_freq" in key:  # computed buffers: equal to transformers', below
+            assert message.WhichOneof("kind") in ("broadcast", "zeros"), key
+            continue
+        kind, value = expected_rule(family, key, config)
+        if kind == "normal":  # untruncated, with the family's std
+            assert message.random_normal.stddev == pytest.approx(value, rel=1e-12), key
+        else:
+            assert message.WhichOneof("kind") in ("zeros", "ones", "constant"), key
+
+    materialize_module(model, client, seed=11)
+    assert not [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    state = model.state_dict()
+    check_family(family, config, state, "weightgen")
+    assert state.keys() == reference.state_dict().keys()
+    for name, buffer in reference.named_buffers():  # computed ones: rotary frequencies, BERT's ids
+        assert torch.equal(dict(model.named_buffers())[name], buffer), name
+    if config.tie_word_embeddings:
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+    model.save_pretrained(tmp_path)
+    loaded, info = cls.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    for key, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, state[key]), key
+    logits = forward(model, config)
+    assert torch.isfinite(logits).all() and torch.equal(forward(loaded, config), logits)
+
+
+def test_caller_rules_come_before_the_family_ones():
+    cls, config = tiny("llama")
+    with torch.device("meta"):
+        model = cls(config)
+    variables = module_variables(model, rules={"*.q_proj.weight": "zeros"})
+    assert variables["model.layers.0.self_attn.q_proj.weight"].to_proto().initializer.WhichOneof("kind") == "zeros"
+    k_proj = variables["model.layers.0.self_attn.k_proj.weight"].to_proto().initializer
+    assert k_proj.random_normal.stddev == RANGE
+    choices = module_variables(model, rules={"*.q_proj.weight": "zeros"}, explain=True)
+    assert choices["model.layers.0.self_attn.q_proj.weight"].source == "rules['*.q_proj.weight']"
+    assert (
+        choices["model.layers.0.self_attn.k_proj.weight"].source
+        == "preset hf (Linear|Conv1d|Conv2d|Conv3d|ConvTranspose1d|ConvTranspose2d, 'weight')"
+    )
+    assert "*RMSNorm" in choices["model.norm.weight"].source
+    with pytest.warns(RuleOverrideWarning, match=r"padding row 3 zeroed.*input_layernorm.weight .*a norm's scale"):
+        module_variables(model, rules={"*.weight": "random_normal(stddev=0.1)"})
+
+
+def test_what_the_preset_cannot_reproduce_is_refused():
+    config = transformers.GPTNeoConfig(
+        num_layers=2,
+        hidden_size=32,
+        num_heads=2,
+        vocab_size=64,
+        attention_types=[[["global", "local"], 1]],
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    with torch.device("meta"):
+        neo = transformers.GPTNeoForCausalLM(config)
+    with pytest.raises(ValueError, match=r"no rules for model_type 'gpt_neo'.*gpt2 \(GPT-2\).*preset='torch'"):
+        module_variables(neo)
+
+    class Custom(transformers.LlamaForCausalLM):
+        def _init_weights(self, module):
+            super()._init_weights(module)
+
+    with torch.device("meta"):
+        custom = Custom(tiny("llama")[1])
+    with pytest.raises(ValueError, match=r"Custom initialises with .*Custom._init_weights.*preset='torch'"):
+        module_variables(custom, preset="hf")
+
+    class NotTransformers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = tiny("llama")[1]
+            self.fc = nn.Linear(4, 4)
+
+    with pytest.raises(ValueError, match=r"a transformers PreTrainedModel's _init_weights; NotTransformers is not one"):
+        module_variables(NotTransformers())  # auto: hf, as it has a config.model_type
+    assert set(module_variables(NotTransformers(), preset="torch")) == {"fc.weight", "fc.bias"}
 
 
 def test_conv1d_weights_are_in_out_for_fans(client):
