@@ -13,7 +13,7 @@ JAX tensors, or a safetensors file. Needs no JAX.
 For trainers (docs/trainers.md): `materialize_module` fills a PyTorch module built on the meta
 device, `materialize_tree` a JAX pytree of ShapeDtypeStruct (optionally sharded over devices), and
 `weightgen.client.sharding` fetches one rank's shards, with fans from the full shape.
-`weightgen.client.hf` (docs/huggingface.md): Hugging Face models' own init (preset hf).
+`weightgen.client.hf` (docs/huggingface.md): Hugging Face models' own init, and seed checkpoints.
 """
 
 from . import errors, sharding

@@ -1,6 +1,8 @@
-"""The ``weightgen`` command: fetch, list, inspect, verify, explain and serve.
+"""The ``weightgen`` command: fetch, spec, list, inspect, verify, explain and serve.
 
     weightgen fetch examples/specs/gpt2-small.json -o gpt2.safetensors --seed 42
+    weightgen fetch --hf-config config.json -o seed-ckpt/ --seed 42   # a Hugging Face seed checkpoint
+    weightgen spec --hf-config config.json -o spec.json               # its request, as a spec file
     weightgen list
     weightgen inspect gpt2.safetensors
     weightgen verify gpt2.safetensors
@@ -21,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 from rich.console import Console
@@ -42,6 +45,7 @@ from .client import DEFAULT_TARGET, Client
 from .errors import WeightgenError
 from .files import Manifest, read_header, read_manifest, tensor_stats
 from .specfile import SpecFileError, read_spec
+from .specs import planned_bytes
 from .verify import verify_file
 
 SERVER_ENV = "WEIGHTGEN_SERVER"
@@ -57,8 +61,8 @@ spec files (examples/specs/ has an MLP, ResNet-50 and GPT-2 small):
                    "head": {"shape": [10, 64], "init": {"heNormal": {}}, "slice": [[0, 5], [0, 64]]}}}
   a string is SHAPE [INITIALIZER] [DTYPE] [LAYOUT] [seed=N]; top-level "dtype", "layout" and "init"
   are defaults. Run `weightgen list` for every initializer and its parameters.
-  either form may add "zeroRows": {"name": [row, ...]}: rows zeroed after the fetch (padding rows),
-  recorded in the file's manifest.
+  either form may add "zeroRows": {"name": [row, ...]}: rows zeroed after the fetch (padding rows;
+  `weightgen spec --hf-config` writes them), recorded in the file's manifest.
 """
 
 
@@ -149,12 +153,53 @@ def _client(args: argparse.Namespace, fallback: str = DEFAULT_TARGET, **kwargs) 
 # -- commands ----------------------------------------------------------------------------------
 
 
-def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
+def _hf_checkpoint(args: argparse.Namespace) -> Any:
+    """The seed checkpoint of --hf-config (needs torch and transformers)."""
+    from . import hf
+
     try:
-        spec = read_spec(args.spec)
-    except (OSError, SpecFileError) as e:
-        raise UsageError(str(e)) from None
-    request, zero_rows = spec.request, spec.zero_rows
+        return hf.seed_checkpoint(args.hf_config, model_class=args.hf_class, dtype=args.hf_dtype)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("torch", "transformers"):
+            raise
+        raise UsageError(
+            f"--hf-config needs torch and transformers on this machine ({e.name} is missing): "
+            "pip install torch transformers"
+        ) from None
+    except ValueError as e:
+        raise UsageError(f"--hf-config {args.hf_config}: {e}") from None
+
+
+def _source(args: argparse.Namespace) -> tuple[pb.MaterializeRequest, dict[str, list[int]], Any]:
+    """The request and zero rows of a spec file or of --hf-config (and the seed checkpoint, or None)."""
+    if (args.spec is None) == (args.hf_config is None):
+        raise UsageError("give either a spec file or --hf-config CONFIG")
+    if args.hf_config is None:
+        if args.hf_class or args.hf_dtype:
+            raise UsageError("--hf-class and --hf-dtype go with --hf-config")
+        try:
+            spec = read_spec(args.spec)
+        except (OSError, SpecFileError) as e:
+            raise UsageError(str(e)) from None
+        return spec.request, spec.zero_rows, None
+    checkpoint = _hf_checkpoint(args)
+    return checkpoint.request(), checkpoint.zero_rows, checkpoint
+
+
+def _zero_rows_text(zero_rows: dict[str, list[int]]) -> str:
+    return "; ".join(f"{name} {rows}" for name, rows in zero_rows.items())
+
+
+def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
+    request, zero_rows, checkpoint = _source(args)
+    output, folder = Path(args.output), None
+    if checkpoint is not None:
+        from .hf import checkpoint_paths
+
+        try:
+            output, folder = checkpoint_paths(args.output)
+        except (OSError, ValueError) as e:
+            raise UsageError(str(e)) from None
     if args.seed is not None:
         request.seed = args.seed
     if args.chunk_bytes is not None:
@@ -170,20 +215,58 @@ def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
         transient=False,
     )
     with _client(args, retries=args.retries, verify=not args.no_verify) as client, progress:
-        task = progress.add_task(Path(args.output).name, total=None)
+        task = progress.add_task(output.name, total=None)
 
         def advance(received: int, total: int) -> None:
             progress.update(task, completed=received, total=total)
 
         started = time.perf_counter()
         manifest = client.materialize_to_file(
-            request, args.output, streams=args.streams, progress=advance, zero_rows=zero_rows
+            request, output, streams=args.streams, progress=advance, zero_rows=zero_rows
         )
         seconds = time.perf_counter() - started
-    table = _manifest_table(escape(f"weightgen fetch → {args.output}"), manifest)
+    if folder is not None:
+        from .hf import save_config
+
+        save_config(checkpoint.config, folder, args.hf_config)
+    table = _manifest_table(escape(f"weightgen fetch → {output}"), manifest)
+    if checkpoint is not None:
+        table.add_row("model", escape(_model_text(checkpoint)))
     if zero_rows:
-        table.add_row("zero rows", escape("; ".join(f"{name} {rows}" for name, rows in zero_rows.items())))
+        table.add_row("zero rows", escape(_zero_rows_text(zero_rows)))
+    if folder is not None:
+        table.add_row("config", escape(str(folder / "config.json")))
     table.add_row("time", f"{seconds:.2f} s ({human_bytes(manifest.total_bytes / max(seconds, 1e-9))}/s)")
+    out.print(table)
+    return 0
+
+
+def _model_text(checkpoint: Any) -> str:
+    from .hf import family
+
+    return f"{type(checkpoint.model).__name__}, {family(checkpoint.model).name} init (preset hf)"
+
+
+def cmd_spec(args: argparse.Namespace, out: Console, err: Console) -> int:
+    checkpoint = _hf_checkpoint(args)
+    data = checkpoint.spec(seed=args.seed or 0)
+    text = json.dumps(data, indent=2) + "\n"
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
+    size = sum(planned_bytes(v) for v in checkpoint.request().variables)
+    table = Table(title=escape(f"weightgen spec → {args.output}"), show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("model", escape(_model_text(checkpoint)))
+    table.add_row("variables", str(len(checkpoint.variables)))
+    table.add_row("bytes", f"{human_bytes(size)} ({size:,})")
+    if checkpoint.zero_rows:
+        table.add_row("zero rows", escape(_zero_rows_text(checkpoint.zero_rows)))
     out.print(table)
     return 0
 
@@ -386,6 +469,28 @@ def cmd_serve(argv: Sequence[str]) -> int:
     return serve(list(argv))
 
 
+def _add_hf(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    group = parser.add_argument_group(
+        "Hugging Face seed checkpoints" + ("" if required else " (instead of a spec file)"),
+        "the model's initial weights as its family's _init_weights draws them (preset hf), from its config "
+        "alone: the model is built on the meta device, nothing is downloaded; needs torch and transformers",
+    )
+    group.add_argument(
+        "--hf-config", required=required, metavar="CONFIG", help="the model's config.json (or a folder holding it)"
+    )
+    group.add_argument(
+        "--hf-class",
+        metavar="CLASS",
+        help="the transformers model class (LlamaForCausalLM, AutoModelForCausalLM, ...; default: the config's "
+        "first architectures entry)",
+    )
+    group.add_argument(
+        "--hf-dtype",
+        choices=("float32", "bfloat16", "float16", "float64"),
+        help="the weights' dtype (default: the config's dtype, as from_config builds it; float32 without one)",
+    )
+
+
 # -- the parser --------------------------------------------------------------------------------
 
 
@@ -401,8 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SPEC_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fetch.add_argument("spec", help="spec file: a MaterializeRequest in protobuf JSON, or the shorthand below")
-    fetch.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    fetch.add_argument(
+        "spec", nargs="?", help="spec file: a MaterializeRequest in protobuf JSON, or the shorthand below"
+    )
+    fetch.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="the .safetensors file to write (with --hf-config: a name not ending in .safetensors is a folder, "
+        "which gets model.safetensors and config.json)",
+    )
     fetch.add_argument("--seed", type=int, default=None, help="the request's seed (overrides the spec's; 0 = random)")
     fetch.add_argument("--chunk-bytes", type=int, default=None, help="largest chunk (default: the server's, 1 MiB)")
     fetch.add_argument("--streams", type=int, default=1, help="concurrent streams (default 1)")
@@ -414,8 +527,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("--no-verify", action="store_true", help="skip digest verification (not recommended)")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_hf(fetch)
     _add_connection(fetch)
     fetch.set_defaults(run=cmd_fetch)
+
+    spec = sub.add_parser(
+        "spec",
+        help="write the request of a Hugging Face model's initial weights as a spec file (no server needed)",
+    )
+    spec.add_argument("-o", "--output", default=None, help="the spec file to write (default: standard output)")
+    spec.add_argument("--seed", type=int, default=None, help="the request's seed (default: none, 0 = random)")
+    _add_hf(spec, required=True)
+    spec.set_defaults(run=cmd_spec)
 
     listing = sub.add_parser("list", help="list the server's initializers with their parameters")
     listing.add_argument("--json", action="store_true", help="print the ListInitializersResponse as JSON")

@@ -1,9 +1,12 @@
 """Hugging Face transformers: each model family's own ``_init_weights`` as weightgen rules (the
-``"hf"`` preset of `weightgen.client.torch`).
+``"hf"`` preset of `weightgen.client.torch`), and seed checkpoints made from a config file alone.
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained("path/to/config.json"))
     materialize_module(model, client, seed=42)     # preset "auto" is "hf" here: Llama's own init
+
+    fetch_seed_checkpoint(client, "config.json", "seed-ckpt/", seed=42)   # model.safetensors + config.json
+    model = AutoModelForCausalLM.from_pretrained("seed-ckpt/")
 
 `preset_rules(model)` reads the numbers from ``model.config`` and gives, for each tensor, the
 distribution the family's ``_init_weights`` draws it from (docs/huggingface.md lists them). The
@@ -17,16 +20,23 @@ torch and transformers are imported only when these functions run.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from weightgen.v1 import weightgen_pb2 as pb
 
-from .specs import make_initializer
-from .torch import Param, PresetRule, RuleKey, padding_note, zero_padding_row
+from .specs import Variable, make_initializer
+from .torch import Param, PresetRule, RuleKey, Rules, module_variables, padding_note, preset_table, zero_padding_row
+
+if TYPE_CHECKING:
+    from .client import Client, Progress, Session
+    from .files import Manifest
 
 
 def _normal(std: float) -> pb.Initializer:
@@ -322,10 +332,211 @@ def preset_rules(module: Any) -> list[tuple[RuleKey, PresetRule]]:
     return family(module).rules(module) + _generic_rules(module.config)
 
 
+# -- seed checkpoints --------------------------------------------------------------------------
+
+
+@dataclass
+class SeedCheckpoint:
+    """What a model's initial weights are, from its config alone: the `model` (on the meta
+    device: no memory), the `variables` of its ``state_dict`` (a tied tensor once, under its first
+    key; the buffers the model computes itself left out), and the `zero_rows` its init zeroes
+    after drawing them (Embedding padding rows: ``{key: [row, ...]}``)."""
+
+    config: Any
+    model: Any
+    variables: list[Variable]
+    zero_rows: dict[str, list[int]] = field(default_factory=dict)
+
+    def request(self, seed: int = 0) -> pb.MaterializeRequest:
+        return pb.MaterializeRequest(seed=seed, variables=[v.to_proto() for v in self.variables])
+
+    def spec(self, seed: int = 0) -> dict[str, Any]:
+        """The request as a spec file (protobuf JSON; ``zeroRows`` when there are any), which
+        ``weightgen fetch`` reads."""
+        from google.protobuf import json_format
+
+        data = json_format.MessageToDict(self.request(seed))
+        if self.zero_rows:
+            data["zeroRows"] = self.zero_rows
+        return data
+
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def load_config(config: Any) -> Any:
+    """A transformers config: itself, or read from a local config.json (or a folder holding one)
+    without touching the network."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(config, PretrainedConfig):
+        return config
+    path = Path(config)
+    if not path.exists():
+        raise ValueError(f"no such config: {path}")
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"cannot read the Hugging Face config {path}: {e}") from None
+
+
+def meta_model(config: Any, *, model_class: str | None = None, dtype: str | None = None) -> Any:
+    """The model of `config` built on the meta device (no memory, no init). `model_class` is a
+    transformers class name (``LlamaForCausalLM``, or an auto class such as
+    ``AutoModelForCausalLM``), by default the config's first ``architectures`` entry; `dtype` by
+    default the config's own, as ``from_config`` does (float32 when it has none)."""
+    import torch
+    import transformers
+
+    config = load_config(config)
+    name = model_class or next(iter(config.architectures or ()), None)
+    if not name:
+        raise ValueError(
+            "the config names no architectures: say which model class to build (--hf-class, e.g. "
+            "LlamaForCausalLM or AutoModelForCausalLM)"
+        )
+    cls = getattr(transformers, name, None)
+    is_auto = name.startswith("Auto") and hasattr(cls, "from_config")
+    if cls is None or not (is_auto or (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel))):
+        raise ValueError(f"model class {name!r}: not a transformers model class (e.g. LlamaForCausalLM, AutoModel)")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
+    with torch.device("meta"):
+        # Auto classes' from_config calls the model class's _from_config: the config's dtype by default.
+        return cls.from_config(config, **kwargs) if is_auto else cls._from_config(config, **kwargs)
+
+
+def seed_checkpoint(
+    config: Any, *, model_class: str | None = None, dtype: str | None = None, rules: Rules | None = None
+) -> SeedCheckpoint:
+    """The variables of a model's initial weights under the ``hf`` preset (after the caller's
+    `rules`), from its config alone (a path to config.json, a folder with one, or a config)."""
+    config = load_config(config)
+    model = meta_model(config, model_class=model_class, dtype=dtype)
+    user = list(rules.items()) if isinstance(rules, Mapping) else list(rules or ())
+    table = [(k, PresetRule(v)) for k, v in user] + preset_table(model, "hf")
+    saved = set(model.state_dict())  # persistent tensors only: what from_pretrained loads
+    variables = {k: v for k, v in module_variables(model, rules=rules, preset="hf").items() if k in saved}
+    return SeedCheckpoint(config, model, list(variables.values()), _zero_rows(model, variables, table))
+
+
+def _zero_rows(
+    model: Any, variables: dict[str, Variable], table: Sequence[tuple[RuleKey, PresetRule]]
+) -> dict[str, list[int]]:
+    """The padding rows the rules zero after the fetch, as data a file's manifest can record;
+    ValueError for any other fix-up (a file cannot apply a Python function)."""
+    from .torch import _matches
+
+    out: dict[str, list[int]] = {}
+    for prefix, module in model.named_modules():
+        for name, value in module.named_parameters(recurse=False):
+            key = f"{prefix}.{name}" if prefix else name
+            if key not in variables:
+                continue
+            param = Param(key, module, name, tuple(value.shape), value.dtype)
+            rule = next((r for k, r in table if _matches(k, param)), None)
+            if rule is None or rule.fixup is None:
+                continue
+            if rule.fixup is not zero_padding_row:
+                raise ValueError(f"{key}: its rule has a fix-up ({rule.fixup!r}) a seed checkpoint cannot apply")
+            padding = getattr(module, "padding_idx", None)
+            if padding is not None:
+                out[key] = [int(padding)]
+    return out
+
+
+def fetch_seed_checkpoint(
+    client: Client,
+    config: Any,
+    output: str | os.PathLike,
+    *,
+    seed: int = 0,
+    model_class: str | None = None,
+    dtype: str | None = None,
+    rules: Rules | None = None,
+    session: Session | str | None = None,
+    streams: int = 1,
+    progress: Progress | None = None,
+) -> tuple[Path, Manifest]:
+    """A model's initial weights as a safetensors file that ``from_pretrained`` loads, fetched
+    without building the model. `output` ending in ``.safetensors`` is that file; anything else is
+    a folder (created) that gets ``model.safetensors`` and a copy of the config file. Returns the
+    file's path and its manifest."""
+    checkpoint = seed_checkpoint(config, model_class=model_class, dtype=dtype, rules=rules)
+    return write_seed_checkpoint(
+        client, checkpoint, output, seed=seed, session=session, streams=streams, progress=progress, config_file=config
+    )
+
+
+def write_seed_checkpoint(
+    client: Client,
+    checkpoint: SeedCheckpoint,
+    output: str | os.PathLike,
+    *,
+    seed: int = 0,
+    session: Session | str | None = None,
+    streams: int = 1,
+    progress: Progress | None = None,
+    config_file: Any = None,
+) -> tuple[Path, Manifest]:
+    """Fetch `checkpoint` into `output` (see `fetch_seed_checkpoint`); a folder also gets
+    `config_file` (a config.json or a folder with one) copied, or the config saved when it is none."""
+    path, folder = checkpoint_paths(output)
+    manifest = client.materialize_to_file(
+        checkpoint.request(seed),
+        path,
+        session=session,
+        streams=streams,
+        progress=progress,
+        zero_rows=checkpoint.zero_rows,
+    )
+    if folder is not None:
+        save_config(checkpoint.config, folder, config_file)
+    return path, manifest
+
+
+def checkpoint_paths(output: str | os.PathLike) -> tuple[Path, Path | None]:
+    """Where a seed checkpoint goes: (the safetensors file, the folder or None). `output` ending in
+    ``.safetensors`` is the file; anything else is a folder holding ``model.safetensors``. Missing
+    folders are created."""
+    output = Path(output)
+    if output.suffix == ".safetensors":
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return output, None
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output}: not a folder (a seed checkpoint file's name ends in .safetensors)")
+    output.mkdir(parents=True, exist_ok=True)
+    return output / "model.safetensors", output
+
+
+def save_config(config: Any, folder: Path, config_file: Any = None) -> Path:
+    """Put the config beside the weights so ``from_pretrained(folder)`` works: a copy of
+    `config_file` (config.json, or a folder with one) byte for byte, else `config` saved."""
+    target = folder / "config.json"
+    if isinstance(config_file, (str, os.PathLike)):
+        source = Path(config_file)
+        source = source / "config.json" if source.is_dir() else source
+        if source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
+    else:
+        config.save_pretrained(str(folder))
+    return target
+
+
 __all__ = [
+    "DTYPES",
     "FAMILIES",
     "Family",
+    "SeedCheckpoint",
+    "checkpoint_paths",
     "family",
+    "fetch_seed_checkpoint",
     "init_std",
+    "load_config",
+    "meta_model",
     "preset_rules",
+    "save_config",
+    "seed_checkpoint",
+    "write_seed_checkpoint",
 ]

@@ -1,4 +1,5 @@
-"""Hugging Face models filled with their family's own init (preset hf), against the real server.
+"""Hugging Face models filled with their family's own init (preset hf), against the real server, and
+seed checkpoints made from a config file alone.
 
 Each family's expected distributions are written here from transformers' ``_init_weights`` source
 (not from weightgen.client.hf), and checked on transformers' own initialisation as well as on
@@ -10,18 +11,21 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
+from test_client_cli import weightgen as run_cli
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from weightgen.client import Variable, read_manifest
+from weightgen.client import Variable, cli, read_manifest
 from weightgen.client.files import read_header
-from weightgen.client.hf import FAMILIES
+from weightgen.client.hf import FAMILIES, fetch_seed_checkpoint, seed_checkpoint
 from weightgen.client.specfile import SpecFileError, load_spec, read_spec
 from weightgen.client.torch import RuleOverrideWarning, materialize_module, module_variables
 from weightgen.client.verify import verify_file
@@ -334,3 +338,136 @@ def test_spec_files_carry_zero_rows(tmp_path):
     spec.write_text(json.dumps({"variables": [{"name": "emb", "shape": [8, 4]}], "zeroRows": {"emb": [8]}}))
     with pytest.raises(SpecFileError, match=r"spec.json: variable 'emb': zero row 8 is not a row index in \[0, 8\)"):
         read_spec(spec)
+
+
+# -- seed checkpoints --------------------------------------------------------------------------
+
+
+def write_config(family: str, folder: Path) -> tuple[type, transformers.PretrainedConfig, Path]:
+    cls, config = tiny(family)
+    config.save_pretrained(folder)
+    return cls, config, folder / "config.json"
+
+
+@pytest.mark.parametrize(("family", "dtype"), [("gpt2", None), ("llama", "bfloat16"), ("bert", None), ("t5", None)])
+def test_a_seed_checkpoint_from_a_config_alone(family, dtype, client, tmp_path):
+    cls, config, config_file = write_config(family, tmp_path / "config")
+    folder = tmp_path / "ckpt"
+    if family == "gpt2":  # a file: just the weights
+        path, manifest = fetch_seed_checkpoint(client, config_file, folder / "model.safetensors", seed=5, dtype=dtype)
+        assert not (folder / "config.json").exists()
+        config.save_pretrained(folder)
+    else:  # a folder: the weights and the config, which from_pretrained reads
+        path, manifest = fetch_seed_checkpoint(client, config_file, folder, seed=5, dtype=dtype)
+        assert (folder / "config.json").read_bytes() == config_file.read_bytes()
+    assert path == folder / "model.safetensors"
+    metadata, _ = read_header(path)
+    assert metadata["format"] == "pt"  # transformers refuses safetensors files without it
+    stored = load_file(path)
+    want = torch.bfloat16 if dtype else torch.float32
+    assert all(t.dtype == want for t in stored.values())
+    check_family(family, config, stored, "seed checkpoint")
+
+    # The same tensors as a model built on meta and filled by materialize_module (a tied tensor
+    # once, under its first key; no non-persistent buffers).
+    with torch.device("meta"):
+        model = cls(config).to(want)
+    state = materialize_module(model, client, seed=5, preset="hf").state_dict()
+    tied = {"gpt2": ["lm_head.weight"], "bert": ["cls.predictions.decoder.weight", "cls.predictions.decoder.bias"]}
+    tied["t5"] = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"]
+    assert sorted(stored) == sorted(set(state) - set(tied.get(family, [])))
+    for key, tensor in stored.items():
+        assert torch.equal(tensor, state[key]), key
+
+    loaded, info = cls.from_pretrained(folder, output_loading_info=True, dtype=want)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    loaded_state = loaded.state_dict()
+    for key, tensor in stored.items():
+        assert torch.equal(loaded_state[key], tensor), key
+    for key in tied.get(family, []):
+        assert torch.equal(loaded_state[key], state[key]), key
+    assert torch.isfinite(forward(loaded, config).float()).all()
+
+    rows = {k: padding_rows(family, k, config) for k in stored if padding_rows(family, k, config)}
+    assert {v.name: v.zero_rows for v in manifest.variables if v.zero_rows} == rows
+    assert bool(rows) == (family in ("llama", "bert"))  # the tiny Llama has a pad_token_id
+    assert all(check.ok for check in verify_file(client, path))
+
+
+def test_a_seed_checkpoint_without_a_server(tmp_path):
+    """The request alone (what ``weightgen spec`` writes) needs no server, and builds nothing real."""
+    config_file = write_config("llama", tmp_path)[2]
+    checkpoint = seed_checkpoint(config_file)
+    assert all(p.is_meta for p in checkpoint.model.parameters())
+    names = [v.name for v in checkpoint.variables]
+    assert "model.rotary_emb.inv_freq" not in names and "lm_head.weight" in names  # Llama does not tie by default
+    assert checkpoint.zero_rows == {"model.embed_tokens.weight": [3]}
+    assert checkpoint.spec(seed=4)["zeroRows"] == {"model.embed_tokens.weight": [3]}
+
+
+def test_seed_checkpoint_cli(server, tmp_path):
+    _, config, config_file = write_config("bert", tmp_path / "config")
+    spec_path, folder, file = tmp_path / "spec.json", tmp_path / "ckpt", tmp_path / "from-spec.safetensors"
+    connect = ["--server", server.address, "--no-progress"]
+
+    made = run_cli("spec", "--hf-config", str(config_file), "-o", str(spec_path), "--seed", "9")
+    assert "BertForMaskedLM, BERT init" in made.stdout and "bert.embeddings.word_embeddings.weight [0]" in made.stdout
+    spec = read_spec(spec_path)
+    assert spec.request.seed == 9 and spec.zero_rows == {"bert.embeddings.word_embeddings.weight": [0]}
+    assert "cls.predictions.decoder.weight" not in {v.name for v in spec.request.variables}  # tied: fetched once
+    assert "bert.embeddings.position_ids" not in {v.name for v in spec.request.variables}  # not saved
+
+    fetched = run_cli("fetch", "--hf-config", str(config_file), "-o", str(folder), "--seed", "9", *connect)
+    assert "zero rows" in fetched.stdout and "config.json" in fetched.stdout
+    run_cli("fetch", str(spec_path), "-o", str(file), *connect)
+    from_config, from_spec = load_file(folder / "model.safetensors"), load_file(file)
+    assert from_config.keys() == from_spec.keys()
+    assert all(torch.equal(from_config[k], from_spec[k]) for k in from_config)
+    assert (from_config["bert.embeddings.word_embeddings.weight"][0] == 0).all()
+    assert read_manifest(file).variable("bert.embeddings.word_embeddings.weight").zero_rows == [0]
+    check_family("bert", config, from_config, "CLI seed checkpoint")
+    assert "OK" in run_cli("verify", str(file), "--server", server.address).stdout
+
+    loaded, info = transformers.AutoModelForMaskedLM.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert all(torch.equal(loaded.state_dict()[k], t) for k, t in from_config.items())
+
+
+def test_seed_checkpoint_cli_errors(tmp_path, capsys, monkeypatch):
+    def fails(*args: str) -> str:
+        capsys.readouterr()
+        assert cli.main(list(args)) == 2
+        return capsys.readouterr().err
+
+    _, config, config_file = write_config("gpt2", tmp_path / "gpt2")
+    config.architectures = None
+    config.save_pretrained(tmp_path / "plain")
+    assert "config names no architectures" in fails("spec", "--hf-config", str(tmp_path / "plain"))
+    assert "--hf-class" in fails("spec", "--hf-config", str(tmp_path / "plain"))
+    assert cli.main(["spec", "--hf-config", str(tmp_path / "plain"), "--hf-class", "GPT2LMHeadModel"]) == 0
+    assert json.loads(capsys.readouterr().out)["variables"][0]["name"] == "transformer.wte.weight"
+
+    neo = transformers.GPTNeoConfig(
+        num_layers=2,
+        hidden_size=32,
+        num_heads=2,
+        vocab_size=64,
+        attention_types=[[["global", "local"], 1]],
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    neo.architectures = ["GPTNeoForCausalLM"]
+    neo.save_pretrained(tmp_path / "neo")
+    error = fails("spec", "--hf-config", str(tmp_path / "neo"))
+    assert "no rules for model_type 'gpt_neo'" in error and "preset='torch'" in error
+    assert "no such config" in fails("spec", "--hf-config", str(tmp_path / "missing.json"))
+    assert "not a transformers model class" in fails("spec", "--hf-config", str(config_file), "--hf-class", "os")
+    assert "either a spec file or --hf-config" in fails(
+        "fetch", "spec.json", "--hf-config", str(config_file), "-o", "x"
+    )
+    assert "go with --hf-config" in fails("fetch", "spec.json", "--hf-dtype", "bfloat16", "-o", "x")
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    error = fails("spec", "--hf-config", str(config_file))
+    assert "needs torch and transformers" in error and "pip install torch transformers" in error
+    assert len(error.strip().splitlines()) == 1
