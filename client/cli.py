@@ -414,6 +414,23 @@ def _load_module(target: str):
         return factory()
 
 
+def _hf_model(args: argparse.Namespace) -> Any:
+    """The model of --hf-config on the meta device (needs torch and transformers)."""
+    from . import hf
+
+    try:
+        return hf.meta_model(args.hf_config, model_class=args.hf_class)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("torch", "transformers"):
+            raise
+        raise UsageError(
+            f"--hf-config needs torch and transformers on this machine ({e.name} is missing): "
+            "pip install torch transformers"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--hf-config {args.hf_config}: {e}") from None
+
+
 def _load_rules(path: str | None) -> dict[str, object] | None:
     if path is None:
         return None
@@ -431,7 +448,7 @@ def cmd_explain(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     from .torch import RuleOverrideWarning, module_variables
 
-    module = _load_module(args.module)
+    module = _hf_model(args) if args.hf_config is not None else _load_module(args.module)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuleOverrideWarning)
         choices = module_variables(module, rules=_load_rules(args.rules), preset=args.preset, explain=True)
@@ -560,9 +577,13 @@ def build_parser() -> argparse.ArgumentParser:
         "explain",
         help="which initializer each tensor of a PyTorch model gets, and the rule that chose it",
         description="Build a model on the meta device and list every tensor with its initializer and the "
-        "rule that chose it (your --rules first, then the preset's table). Needs PyTorch.",
+        "rule that chose it (your --rules first, then the preset's table: for a Hugging Face model its "
+        "family's rules, then PyTorch's module defaults). Needs PyTorch (and transformers for --hf-config).",
     )
-    explain.add_argument("--module", required=True, help="package.module:factory, a callable returning the model")
+    model = explain.add_mutually_exclusive_group(required=True)
+    model.add_argument("--module", help="package.module:factory, a callable returning the model")
+    model.add_argument("--hf-config", help="a Hugging Face config.json (or its folder): the model it describes")
+    explain.add_argument("--hf-class", help="with --hf-config: the transformers class (default: its architectures[0])")
     explain.add_argument("--preset", default="auto", help="auto (default), torch, weightgen or hf")
     explain.add_argument("--rules", help='a JSON file {"<state-dict key glob>": <initializer>}, tried first, in order')
     explain.add_argument("--json", action="store_true", help="print JSON instead of a table")

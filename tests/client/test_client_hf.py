@@ -432,6 +432,14 @@ def test_seed_checkpoint_cli(server, tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert all(torch.equal(loaded.state_dict()[k], t) for k, t in from_config.items())
 
+    # explain: each tensor of the model the config describes, with the family rule that chose it.
+    explained = json.loads(run_cli("explain", "--hf-config", str(config_file), "--json").stdout)
+    rows = {row["key"]: row for row in explained}
+    assert rows["bert.embeddings.LayerNorm.weight"]["initializer"] == {"ones": {}}
+    assert rows["bert.embeddings.word_embeddings.weight"]["rule"].startswith("preset hf ")
+    assert rows["cls.predictions.decoder.weight"]["tied_to"] == "bert.embeddings.word_embeddings.weight"
+    assert {v.name for v in spec.request.variables} <= set(rows)
+
 
 def test_seed_checkpoint_cli_errors(tmp_path, capsys, monkeypatch):
     def fails(*args: str) -> str:
