@@ -10,6 +10,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+# --no-deps: torchtitan declares wandb, datasets, tensorboard, torchdata... (about 1.5 GB) that its
+# model and parallelism code, all tests/client/test_client_torchtitan.py uses, never imports; what
+# that code does import (spmd_types, tyro) is in the dev extra.
+	$(PY) -m pip install --quiet --no-deps 'torchtitan==0.3.0'
 	touch $(STAMP)
 
 test: $(STAMP)
