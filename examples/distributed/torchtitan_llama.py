@@ -90,10 +90,10 @@ def torchtitan_workarounds() -> list[str]:
     1. ``torchtitan.models.llama3`` imports, through the MoE token dispatcher,
        ``torchtitan/distributed/minimal_async_ep/kernels.py``, which imports ``triton``
        unconditionally (Triton kernels for expert parallelism, never run by a dense Llama). The
-       CPU torch wheel has no triton (and faking ``triton`` itself breaks torch._inductor, which
-       probes ``triton.backends``), so that one module is replaced by a stub holding the names
-       torchtitan imports from it. A wrong name list fails the import; a stub torchtitan no longer
-       imports raises here.
+       CPU torch wheel has no triton (and a fake ``triton`` breaks torch itself: torch._dynamo
+       reads ``triton.language.dtype`` once the module is found), so that one module is replaced
+       by a stub holding the names torchtitan imports from it. A wrong name list fails the
+       import; a stub torchtitan no longer imports raises here.
     2. torchtitan sets its device type at import to ``_get_available_device_type() or "cuda"``:
        "cuda" on a CPU machine, and ``ParallelDims.build_mesh`` builds its meshes there. Both
        module globals are set to "cpu" (this example runs on gloo); attributes that moved raise.
@@ -127,7 +127,8 @@ def torchtitan_workarounds() -> list[str]:
 
 def titan_model_config(c: TitanConfig) -> Any:
     """torchtitan's Llama3 config with its own initializers (as its registry's flavours build it)
-    and its tensor-parallel sharding specs (what ``update_from_config`` sets in its trainer)."""
+    and its tensor-parallel sharding specs, sequence parallel on as by default (what its trainer's
+    ``update_from_config`` sets)."""
     from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm
     from torchtitan.models.llama3 import (
         _EMBEDDING_INIT,
@@ -155,7 +156,7 @@ def titan_model_config(c: TitanConfig) -> Any:
             fuse_qkv=c.fuse_qkv,
         ),
     )
-    set_llama3_sharding_config(config, enable_sp=False)
+    set_llama3_sharding_config(config, enable_sp=True)
     return config
 
 
@@ -187,8 +188,9 @@ def _weightgen_initializer(init: Any, key: str) -> str:
 
 
 def titan_rules(model: torch.nn.Module) -> dict[str, str]:
-    """weightgen rules for every parameter, by state-dict key, from torchtitan's own ``param_init``
-    of the module that owns it (what ``init_states`` calls)."""
+    """weightgen rules for every parameter, by its name in ``named_parameters`` (weightgen's
+    variable name; a fused ``wqkv`` keeps its name), from torchtitan's own ``param_init`` of the
+    module that owns it (what ``init_states`` calls)."""
     rules = {}
     for prefix, module in model.named_modules():
         inits = getattr(module, "_param_init", None)
