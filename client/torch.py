@@ -272,20 +272,24 @@ class _Entry:
 
 def _entries(module: Any) -> list[_Entry]:
     """Every parameter and buffer of `module` under every key it has (shared modules and tied
-    tensors included), in state-dict order; `primary` names the first key of each tensor. Public
-    nn.Module API only: a buffer is persistent when ``state_dict`` has its key."""
+    tensors included), in state-dict order; `primary` names the first key of each tensor.
+
+    A buffer is persistent unless its module lists it in ``_non_persistent_buffers_set``
+    (private, stable since torch 1.6, and checked by tests/client/test_client_torch_module.py):
+    asking ``state_dict()`` instead would run the module's state-dict hooks, which on a
+    parallelised model may be collectives (torchtitan's fused QKV gathers itself on save)."""
     entries: list[_Entry] = []
     first: dict[int, str] = {}
-    persistent = set(module.state_dict(keep_vars=True))
     for prefix, mod in module.named_modules(remove_duplicate=False):
         dot = f"{prefix}." if prefix else ""
+        computed = mod._non_persistent_buffers_set
         items = [(n, t, False) for n, t in mod.named_parameters(recurse=False, remove_duplicate=False)]
         items += [(n, t, True) for n, t in mod.named_buffers(recurse=False, remove_duplicate=False)]
         for name, value, is_buffer in items:
             key = dot + name
             param = Param(key, mod, name, tuple(value.shape), value.dtype, is_buffer)
-            entry = _Entry(param, value, not is_buffer or key in persistent, primary=first.setdefault(id(value), key))
-            entries.append(entry)
+            persistent = not (is_buffer and name in computed)
+            entries.append(_Entry(param, value, persistent, primary=first.setdefault(id(value), key)))
     return entries
 
 
@@ -538,6 +542,12 @@ def dtensor_block(value: Any, key: str = "") -> tuple[Range, ...]:
     return tuple((int(o), int(o) + int(n)) for o, n in zip(offset, shape, strict=True))
 
 
+def _spmd_typed(value: Any) -> bool:
+    """Whether `value` is a local tensor annotated by spmd_types (only if the model loaded it)."""
+    runtime = sys.modules.get("spmd_types.runtime")
+    return runtime is not None and bool(runtime.has_local_type(value))
+
+
 def _torch_version() -> str:
     import torch
 
@@ -571,6 +581,12 @@ def _targets(entries: list[_Entry], dtensor: Any, where: ShardFn | None) -> list
                     "parallelising (fully_shard and parallelize_module own their shards' storage), then fill it"
                 )
             targets.append(_Target(entry, dtensor_block(value, key), local))
+        elif _spmd_typed(value):
+            raise ValueError(
+                f"{key} is a local shard typed by spmd_types (torchtitan's spmd_types backend), not a DTensor: "
+                "its place in the global tensor is not known here; parallelise with DTensors "
+                "(torchtitan: spmd_backend='partial_dtensor' or 'full_dtensor')"
+            )
         elif where is not None:
             targets.append(_Target(entry, where(key, entry.param.shape)))
         else:

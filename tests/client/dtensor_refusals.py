@@ -48,6 +48,13 @@ def main() -> None:
         local = torch.empty(4, 4)
         partial.weight = nn.Parameter(DTensor.from_local(local, mesh, [Partial()], run_check=False))
         out["partial"] = refusal(lambda: materialize_module(partial, client, seed=3))
+        # torchtitan's spmd_types backend: a plain tensor of the local shape, typed Varying over the group.
+        import spmd_types
+        from spmd_types.types import V
+
+        typed = nn.Linear(4, 3, bias=False)
+        spmd_types.assert_local_type(typed.weight, {spmd_types.MeshAxis.of(dist.group.WORLD): V})
+        out["spmd_types"] = refusal(lambda: materialize_module(typed, client, seed=3))
         if dist.get_world_size() == 2:
             # Strided and then nothing: rank 0 holds rows 0, 1, 4, 5 of 8, not one block.
             strided = nn.Linear(2, 8, bias=False)

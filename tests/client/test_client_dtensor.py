@@ -89,4 +89,5 @@ def test_what_cannot_be_filled_in_place_is_refused(server):
     assert "drop shard=" in refused["shard"], refused
     assert refused["partial"].startswith("weight: a DTensor with Partial placements ("), refused
     assert refused["strided"].startswith("weight: the local shard of this DTensor"), refused
+    assert refused["spmd_types"].startswith("weight is a local shard typed by spmd_types"), refused
     assert "is not one block of the global tensor: _StridedShard(dim=0, sf=2) on mesh axis 0" in refused["strided"]

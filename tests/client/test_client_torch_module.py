@@ -164,6 +164,9 @@ class Rotary(nn.Module):
 
 
 def test_real_tensors_are_filled_in_place_and_computed_buffers_are_left(client):
+    # Persistence is read from nn.Module's private _non_persistent_buffers_set (state_dict() would
+    # run hooks, collectives on some parallel models): if torch renames it, this fails first.
+    assert Rotary()._non_persistent_buffers_set == {"inv_freq"}
     model = Rotary()  # real, not meta
     weight, buffer = model.proj.weight, model.inv_freq
     materialize_module(model, client, seed=5)
