@@ -4,7 +4,11 @@ filled from a weightgen server (torch is imported only when called).
     with torch.device("meta"):
         model = GPT(config)                       # no memory, no initialisation
     materialize_module(model, client, seed=42)    # real CPU tensors: what weightgen produced
-    shards = materialize_module(model, client, seed=42, shard=rank_shards({"*.c_fc.weight": 0}, rank, world))
+
+    # FSDP2 / tensor parallel: parallelise on meta, allocate the shards, fill them in place
+    parallelize_module(model, mesh["tp"], plan); fully_shard(model, mesh=mesh["dp"])
+    model.to_empty(device="cuda")
+    materialize_module(model, client, seed=42)    # each rank fetches exactly its DTensor blocks
 
 Each parameter and persistent buffer becomes a variable named by its ``state_dict`` key, with
 an initializer from the first matching rule: the caller's `rules`, then the preset's table
