@@ -40,6 +40,7 @@ from rich.table import Table
 
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
+from weightgen.v1.version import describe
 
 from .client import DEFAULT_TARGET, Client
 from .errors import WeightgenError
@@ -200,6 +201,8 @@ def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
             output, folder = checkpoint_paths(args.output)
         except (OSError, ValueError) as e:
             raise UsageError(str(e)) from None
+    else:
+        _check_output(output)
     if args.seed is not None:
         request.seed = args.seed
     if args.chunk_bytes is not None:
@@ -239,6 +242,17 @@ def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
     table.add_row("time", f"{seconds:.2f} s ({human_bytes(manifest.total_bytes / max(seconds, 1e-9))}/s)")
     out.print(table)
     return 0
+
+
+def _check_output(output: Path) -> None:
+    """Refuse an -o that cannot be written before anything is fetched."""
+    if output.is_dir():
+        raise UsageError(f"-o {output} is a directory: give the file to write, e.g. {output / 'weights.safetensors'}")
+    parent = output.parent
+    if not parent.is_dir():
+        raise UsageError(f"-o {output}: the directory {parent} does not exist (create it first)")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"-o {output}: the directory {parent} is not writable")
 
 
 def _model_text(checkpoint: Any) -> str:
@@ -478,11 +492,23 @@ def cmd_explain(args: argparse.Namespace, out: Console, err: Console) -> int:
     return 0
 
 
+SERVER_MODULES = ("jax", "grpc_health.v1.health", "grpc_reflection.v1alpha.reflection", "prometheus_client")
+"""What the server extra installs; a client-only install lacks them."""
+
+
 def cmd_serve(argv: Sequence[str]) -> int:
-    try:
-        from weightgen.server.__main__ import main as serve
-    except ImportError as e:
-        raise UsageError(f"the server needs its extra: pip install 'weightgen[server]' ({e})") from None
+    import importlib
+
+    for name in SERVER_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise UsageError(
+                f"weightgen serve needs the server extra ({name.split('.')[0]} is not installed): "
+                "pip install 'weightgen[server]' (from a checkout: pip install -e '.[server]')"
+            ) from None
+    from weightgen.server.__main__ import main as serve
+
     return serve(list(argv))
 
 
@@ -515,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weightgen", description="Neural-network initial weights from a weightgen server."
     )
+    parser.add_argument("--version", action="version", version=describe("client"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fetch = sub.add_parser(

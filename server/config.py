@@ -158,6 +158,9 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         prog="weightgen serve",
         description="Serve weightgen over gRPC. Every flag can also be set as WEIGHTGEN_<FLAG> in the environment.",
     )
+    from weightgen.v1.version import describe
+
+    parser.add_argument("--version", action="version", version=describe("server"))
     values = {}
     types = {"int": int, "float": float, "str": str}
     for f in fields(Config):

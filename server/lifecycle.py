@@ -126,25 +126,37 @@ class Server:
             metrics=self.metrics,
         )
         address = f"{c.host}:{c.port}" if ":" not in c.host else f"[{c.host.strip('[]')}]:{c.port}"
-        if c.tls_cert:
-            credentials = grpc.ssl_server_credentials(
-                [(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())],
-                root_certificates=Path(c.tls_client_ca).read_bytes() if c.tls_client_ca else None,
-                require_client_auth=bool(c.tls_client_ca),
-            )
-            self.port = self.server.add_secure_port(address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if c.tls_cert:
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())],
+                    root_certificates=Path(c.tls_client_ca).read_bytes() if c.tls_client_ca else None,
+                    require_client_auth=bool(c.tls_client_ca),
+                )
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio's "Failed to bind to address"
+            self.port = 0
         if not self.port:
-            raise SystemExit(f"weightgen: cannot bind {address}")
+            raise SystemExit(
+                f"weightgen: cannot listen on {address}: the port is in use (or the address is not this "
+                "machine's); choose another with --port"
+            )
+        if c.metrics_port:
+            try:
+                self.metrics_port = self.metrics.serve(
+                    c.host.strip("[]"), max(0, c.metrics_port), threads=c.metrics_threads
+                )
+            except OSError as e:
+                raise SystemExit(
+                    f"weightgen: cannot serve metrics on {c.host}:{c.metrics_port} ({e.strerror}); "
+                    "choose another port with --metrics-port (0 turns metrics off)"
+                ) from None
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
-        if c.metrics_port:
-            self.metrics_port = self.metrics.serve(
-                c.host.strip("[]"), max(0, c.metrics_port), threads=c.metrics_threads
-            )
         if c.port_file:
             Path(c.port_file).write_text(json.dumps({"port": self.port, "metrics_port": self.metrics_port}))
         log.info(

@@ -30,8 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-GENERATOR = "weightgen/1"
-"""Name and version of the determinism contract; part of every TensorInfo."""
+from weightgen.v1.version import CONTRACT
+
+GENERATOR = CONTRACT
+"""Name and version of the determinism contract (named once, in weightgen.v1.version); part of every
+TensorInfo."""
 
 BLOCK_ELEMENTS = 256
 """B: elements per block. Part of the contract: fixed for weightgen/1 (bench/block_size.py)."""
