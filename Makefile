@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SERVER := $(VENV)/.installed-server
 
-.PHONY: test test-interop serve lint bench proto clean
+.PHONY: test test-interop serve lint bench proto clean dist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +15,21 @@ $(STAMP): pyproject.toml
 # model and parallelism code, all tests/client/test_client_torchtitan.py uses, never imports; what
 # that code does import (spmd_types, tyro) is in the dev extra.
 	$(PY) -m pip install --quiet --no-deps 'torchtitan==0.3.0'
-	touch $(STAMP)
+	touch $(STAMP) $(SERVER)
+
+# What `make serve` needs: the server extra only (no torch, no test tools). The dev install above
+# includes it.
+$(SERVER): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[server]'
+	touch $(SERVER)
+
+# The wheel and the sdist, into dist/ (PEP 517 build in an isolated environment).
+DIST ?= dist
+dist: $(SERVER)
+	$(PY) -m pip install --quiet 'build>=1.2'
+	$(PY) -m build --outdir $(DIST) .
 
 test: $(STAMP)
 	$(PY) -m ruff check .
@@ -53,7 +68,7 @@ test-deploy: $(DEPLOY_TOOLS)
 
 # Serves on 127.0.0.1:50051 (metrics on :9090) with the embedded defaults; compiled kernels are
 # cached under .venv so the second start is ready in about a second.
-serve: $(STAMP)
+serve: $(SERVER)
 	$(PY) -m weightgen.server --compilation-cache-dir $(VENV)/xla-cache $(ARGS)
 
 lint: $(STAMP)
