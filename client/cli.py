@@ -32,11 +32,12 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
@@ -77,6 +78,15 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"  # pragma: no cover
+
+
+class BinarySpeedColumn(ProgressColumn):
+    """Transfer speed in the binary units of DownloadColumn(binary_units=True) and of the summary
+    (rich's TransferSpeedColumn speaks decimal MB/s beside them)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("?" if speed is None else f"{human_bytes(speed)}/s", style="progress.data.speed")
 
 
 def _seeds(manifest: Manifest) -> str:
@@ -211,7 +221,7 @@ def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        BinarySpeedColumn(),
         TimeRemainingColumn(),
         console=err,
         disable=args.no_progress,
@@ -624,7 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Piped output (tests, logs) gets wide tables rather than names wrapped at 80 columns.
     out = Console(width=None if sys.stdout.isatty() else 200)
-    err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+    # Messages are never hard-wrapped when not on a terminal (logs, CI): one message, one line.
+    err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, soft_wrap=not sys.stderr.isatty())
     try:
         if argv and argv[0] == "serve":
             return cmd_serve(argv[1:])

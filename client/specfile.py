@@ -48,7 +48,7 @@ from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
 
 from .files import check_zero_rows
-from .specs import dtype_value, enum_value, initializer, slice_ranges
+from .specs import did_you_mean, dtype_value, enum_value, initializer, slice_ranges
 
 _LAYOUTS = ("channels_first", "channels_last")
 _WITHOUT_FANS = frozenset(
@@ -127,13 +127,27 @@ def spec_from_dict(data: Mapping[str, Any]) -> Spec:
         raise SpecFileError(str(e)) from None
 
 
+def _enum_hint(message: str) -> str:
+    """For protobuf's "Invalid enum value X for enum type weightgen.v1.E": the valid names."""
+    found = re.search(r"Invalid enum value (\S+) for enum type (weightgen\.v1\.\w+)", message)
+    if not found:
+        return ""
+    value, enum_name = found.groups()
+    enum = pb.DESCRIPTOR.enum_types_by_name.get(enum_name.rsplit(".", 1)[1])
+    if enum is None:
+        return ""
+    names = [v.name for v in enum.values if v.number]
+    hint = did_you_mean(value.strip('"'), names)
+    return f"{hint}; valid names: {', '.join(names)}"
+
+
 def _request(data: Mapping[str, Any]) -> pb.MaterializeRequest:
     variables = data.get("variables")
     if isinstance(variables, list):
         try:
             return json_format.ParseDict(dict(data), pb.MaterializeRequest())
         except json_format.ParseError as e:
-            raise SpecFileError(f"not a valid MaterializeRequest in protobuf JSON: {e}") from None
+            raise SpecFileError(f"not a valid MaterializeRequest in protobuf JSON: {e}{_enum_hint(str(e))}") from None
     if isinstance(variables, Mapping):
         return _shorthand(data)
     raise SpecFileError('"variables" must be a list (protobuf JSON) or an object (shorthand)')

@@ -16,6 +16,7 @@ initializer the API has is there with its own parameters::
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import re
@@ -40,7 +41,34 @@ ALIASES = {"normal": "random_normal", "uniform": "random_uniform"}
 """Short names accepted wherever an initializer name is."""
 
 _FAN_KEYWORDS = ("layout", "fan_in_axes", "fan_out_axes", "batch_axes")
-_SHORT_DTYPES = {"bf16": "bfloat16", "f16": "float16", "half": "float16", "f32": "float32", "f64": "float64"}
+DTYPE_ALIASES = {
+    **{alias: "float32" for alias in ("fp32", "f32", "single", "float32")},
+    **{alias: "float64" for alias in ("fp64", "f64", "double")},
+    **{alias: "float16" for alias in ("fp16", "f16", "half")},
+    **{alias: "bfloat16" for alias in ("bf16",)},
+    **{alias: "complex64" for alias in ("c64", "cfloat")},
+    **{alias: "complex128" for alias in ("c128", "cdouble")},
+    **{f"i{bits}": f"int{bits}" for bits in (8, 16, 32, 64)},
+    **{f"u{bits}": f"uint{bits}" for bits in (8, 16, 32, 64)},
+    "long": "int64",
+    "short": "int16",
+    "boolean": "bool",
+}
+"""Names a user types for a dtype (case-insensitive), beside weightgen's own (``float32``) and the
+enum's (``DTYPE_FLOAT32``)."""
+
+AMBIGUOUS_DTYPES = {
+    "float": "float32 (PyTorch's torch.float) or float64 (numpy's float)",
+    "int": "int32 (PyTorch's torch.int) or int64 (numpy's int)",
+    "complex": "complex64 (PyTorch's torch.cfloat) or complex128 (numpy's complex)",
+}
+"""Names that mean different widths in different libraries: refused rather than guessed."""
+
+
+def did_you_mean(text: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of `choices`, or ``""``."""
+    close = difflib.get_close_matches(str(text), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # -- enums and dtypes --------------------------------------------------------------------------
@@ -61,7 +89,8 @@ def enum_value(enum_type, value: str | int) -> int:
         if candidate in enum_type.values_by_name:
             return enum_type.values_by_name[candidate].number
     choices = [v.name.removeprefix(prefix).lower() for v in enum_type.values if v.number]
-    raise ValueError(f"{enum_type.name}: unknown value {value!r}; choose from {', '.join(choices)}")
+    hint = did_you_mean(text.lower(), choices)
+    raise ValueError(f"{enum_type.name}: unknown value {value!r}{hint}; choose from {', '.join(choices)}")
 
 
 def enum_short_name(enum_type, number: int) -> str:
@@ -72,10 +101,14 @@ def enum_short_name(enum_type, number: int) -> str:
 
 def dtype_value(dtype: DTypeLike) -> int:
     """The DType enum value of `dtype`: None (unspecified: the session's default, else float32), an
-    enum number, a name (``"bfloat16"``, ``"DTYPE_BFLOAT16"``, ``"bf16"``) or a numpy dtype."""
+    enum number, a name (``"bfloat16"``, ``"DTYPE_BFLOAT16"``, an alias such as ``"bf16"`` or
+    ``"fp32"``: `DTYPE_ALIASES`), a numpy dtype or scalar type (JAX's ``jnp.bfloat16`` is one), a
+    torch dtype (``torch.float16``) or a Python type (``float`` is float64, as in numpy)."""
     if dtype is None:
         return pb.DTYPE_UNSPECIFIED
-    if isinstance(dtype, int) and not isinstance(dtype, bool):
+    if isinstance(dtype, bool):
+        raise ValueError(f"dtype: expected a dtype, got {dtype!r}")
+    if isinstance(dtype, int):
         return enum_value(pb.DType.DESCRIPTOR, dtype)
     if isinstance(dtype, str):
         text = dtype.strip()
@@ -83,8 +116,19 @@ def dtype_value(dtype: DTypeLike) -> int:
             return wire.BY_NAME[text]
         if text.upper() in pb.DType.DESCRIPTOR.values_by_name:
             return pb.DType.Value(text.upper())
-        if text.lower() in _SHORT_DTYPES:
-            return wire.BY_NAME[_SHORT_DTYPES[text.lower()]]
+        if text.lower() in DTYPE_ALIASES:
+            return wire.BY_NAME[DTYPE_ALIASES[text.lower()]]
+        if text.lower() in AMBIGUOUS_DTYPES:
+            raise ValueError(f"dtype {dtype!r} is ambiguous: say {AMBIGUOUS_DTYPES[text.lower()]}")
+        names = [*wire.BY_NAME, *DTYPE_ALIASES]
+        raise ValueError(
+            f"unknown dtype {dtype!r}{did_you_mean(text.lower(), names)}; choose from {', '.join(wire.BY_NAME)}"
+        )
+    if type(dtype).__module__ == "torch" and type(dtype).__name__ == "dtype":  # torch.float16, without importing torch
+        name = str(dtype).removeprefix("torch.")
+        if name in wire.BY_NAME:
+            return wire.BY_NAME[name]
+        raise ValueError(f"weightgen has no dtype for {dtype}; choose from {', '.join(wire.BY_NAME)}")
     try:
         return wire.dtype_enum(dtype)
     except (KeyError, TypeError) as e:
@@ -150,7 +194,9 @@ def make_initializer(kind: str, *args: Any, **kwargs: Any) -> pb.Initializer:
     ``layout``, ``fan_in_axes``, ``fan_out_axes`` and ``batch_axes``."""
     field = _KIND_BY_NAME.get(ALIASES.get(kind, kind))
     if field is None:
-        raise ValueError(f"unknown initializer {kind!r}; choose from {', '.join(f.name for f in _KINDS)}")
+        names = [f.name for f in _KINDS]
+        hint = did_you_mean(kind, [*names, *ALIASES])
+        raise ValueError(f"unknown initializer {kind!r}{hint}; choose from {', '.join(names)}")
     body_fields = field.message_type.fields
     if len(args) > len(body_fields):
         raise ValueError(f"{field.name} takes at most {len(body_fields)} positional parameters, got {len(args)}")
@@ -167,7 +213,8 @@ def make_initializer(kind: str, *args: Any, **kwargs: Any) -> pb.Initializer:
     for name, value in params.items():
         if name not in by_name:
             known = ", ".join(f.name for f in body_fields) or "none"
-            raise ValueError(f"{field.name}: unknown parameter {name!r} (parameters: {known})")
+            hint = did_you_mean(name, [f.name for f in body_fields])
+            raise ValueError(f"{field.name}: unknown parameter {name!r}{hint} (parameters: {known})")
         if value is not None:
             _set_param(body, by_name[name], value, f"{field.name}.{name}")
     fans = fan_axes(**axes)
@@ -313,6 +360,14 @@ class Variable:
     dtype: DTypeLike = None
     seed: int = 0
     slice: SliceLike = None
+
+    def __post_init__(self) -> None:
+        # A dtype or initializer the client cannot send is an error here, not at the fetch.
+        try:
+            dtype_value(self.dtype)
+            initializer(self.initializer)
+        except ValueError as e:
+            raise ValueError(f"variable {self.name!r}: {e}") from None
 
     def to_proto(self) -> pb.VariableSpec:
         spec = pb.VariableSpec(

@@ -65,7 +65,9 @@ class _Call:
             log.error("%s failed", self.method, exc_info=(kind, error, traceback))
         name = self.code.name
         self.metrics.requests.labels(self.method, name).inc()
-        if self.code is not grpc.StatusCode.OK:
+        # A client that cancels (or whose deadline passes) is not a server error: those are counted
+        # by weightgen_cancelled_streams and by weightgen_requests_total{code="CANCELLED"}.
+        if self.code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
             self.metrics.errors.labels(self.method, name).inc()
         seconds = time.perf_counter() - self.started
         self.metrics.request_seconds.labels(self.method).observe(seconds)

@@ -197,3 +197,13 @@ def test_explain_lists_each_tensor_with_the_rule_that_chose_it(tmp_path):
     assert "rules['*.weight'] (overrides preset torch" in table.stdout
     bad = run("--module", "tinymodel")
     assert bad.returncode == 2 and "expected 'package.module:factory'" in bad.stderr
+
+
+def test_progress_and_summary_speak_the_same_units(server, tmp_path):
+    out = tmp_path / "mlp.safetensors"
+    result = weightgen("fetch", str(MLP), "-o", str(out), "--server", server.address)
+    progress = result.stderr.strip().splitlines()[-1]
+    assert "102.0/102.0 KiB" in progress and progress.rstrip().split()[-2].endswith("iB/s"), progress
+    assert " kB" not in result.stderr and " MB" not in result.stderr, result.stderr
+    summary = result.stdout
+    assert "102.0 KiB (104,488)" in summary and "iB/s)" in summary, summary

@@ -16,8 +16,16 @@ from google.protobuf import json_format
 from weightgen.client import Variable, init
 from weightgen.client.balance import balance
 from weightgen.client.specfile import SpecFileError, load_spec, parse_spec
-from weightgen.client.specs import dtype_value, initializer, parse_initializer, slice_ranges, variable_specs
+from weightgen.client.specs import (
+    dtype_value,
+    initializer,
+    make_initializer,
+    parse_initializer,
+    slice_ranges,
+    variable_specs,
+)
 from weightgen.v1 import weightgen_pb2 as pb
+from weightgen.v1 import wire
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "examples" / "specs"
@@ -180,3 +188,43 @@ def test_balance():
     assert max(sum(sizes[i] for i in g) for g in groups) == 100
     assert balance(sizes, 10) and len(balance(sizes, 10)) == 6 and balance([], 3) == []
     assert balance([5, 5], 1) == [[0, 1]]
+
+
+def test_dtype_names_users_type_and_dtype_objects():
+    import jax.numpy as jnp
+    import torch
+
+    for name, want in [("fp32", "float32"), ("f32", "float32"), ("FP16", "float16"), ("bf16", "bfloat16"),
+                       ("half", "float16"), ("double", "float64"), ("i8", "int8"), ("u16", "uint16"),
+                       ("c64", "complex64"), ("long", "int64"), ("DTYPE_BFLOAT16", "bfloat16")]:
+        assert dtype_value(name) == wire.BY_NAME[want], name
+    for obj, want in [(torch.float16, "float16"), (torch.bfloat16, "bfloat16"), (torch.int64, "int64"),
+                      (torch.bool, "bool"), (jnp.bfloat16, "bfloat16"), (jnp.float32, "float32"),
+                      (np.dtype("uint8"), "uint8"), (float, "float64")]:
+        assert dtype_value(obj) == wire.BY_NAME[want], obj
+    assert Variable("w", (2,), "zeros", dtype=torch.float16).to_proto().dtype == pb.DTYPE_FLOAT16
+    # Ambiguous names are refused, not guessed; unknown ones say what was probably meant.
+    with pytest.raises(ValueError, match=r"dtype 'float' is ambiguous: say float32 \(PyTorch"):
+        dtype_value("float")
+    with pytest.raises(ValueError, match=r"weightgen has no dtype for torch.float8_e4m3fn"):
+        dtype_value(torch.float8_e4m3fn)
+    # At construction, naming the variable: not later, at the fetch.
+    with pytest.raises(ValueError, match=r"variable 'w': unknown dtype 'bfloat' \(did you mean 'bfloat16'\?\)"):
+        Variable("w", (2,), "zeros", dtype="bfloat")
+    with pytest.raises(ValueError, match=r"variable 'w': weightgen has no dtype for torch.float8_e5m2"):
+        Variable("w", (2,), "zeros", dtype=torch.float8_e5m2)
+
+
+def test_did_you_mean_for_initializers_parameters_and_enum_names(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown initializer 'he_nromal' \(did you mean 'he_normal'\?\)"):
+        Variable("w", (2, 2), "he_nromal")
+    with pytest.raises(ValueError, match=r"unknown parameter 'modee' \(did you mean 'mode'\?\)"):
+        make_initializer("kaiming_uniform", modee="fan_in")
+    with pytest.raises(ValueError, match=r"unknown value 'fan_inn' \(did you mean 'fan_in'\?\)"):
+        make_initializer("kaiming_uniform", mode="fan_inn")
+    spec = tmp_path / "bad.json"
+    spec.write_text(json.dumps({"variables": [{"name": "w", "shape": [4], "dtype": "DTYPE_FLOAT33"}]}))
+    with pytest.raises(SpecFileError) as caught:
+        load_spec(spec)
+    message = str(caught.value)
+    assert "(did you mean 'DTYPE_FLOAT32'?); valid names: DTYPE_FLOAT32, DTYPE_FLOAT64" in message, message

@@ -93,6 +93,9 @@ def test_slow_reader_bounded_memory_then_cancel(one_stream_server):
         wait_for(lambda: metric(server, "weightgen_cancelled_streams_total") == before["cancelled"] + 1, "cancel")
         wait_for(lambda: metric(server, "weightgen_active_streams") == 0, "no active stream")
         assert metric(server, "weightgen_requests_total", method="Materialize", code="CANCELLED") == 1
+        # A client's cancellation is not a server error (it has its own metric, above).
+        assert metric(server, "weightgen_errors_total", method="Materialize", code="CANCELLED") == 0
+        assert metric(server, "weightgen_errors_total", method="Materialize", code="RESOURCE_EXHAUSTED") == 1
         assert metric(server, "weightgen_variables_streamed_total") == before["variables"]
         sent = metric(server, "weightgen_bytes_streamed_total") - before["bytes"]
         assert received <= sent < 1 << 30, sent
