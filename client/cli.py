@@ -235,7 +235,7 @@ def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
 
         started = time.perf_counter()
         manifest = client.materialize_to_file(
-            request, output, streams=args.streams, progress=advance, zero_rows=zero_rows
+            request, output, streams=args.streams, progress=advance, zero_rows=zero_rows, record_time=args.record_time
         )
         seconds = time.perf_counter() - started
     if folder is not None:
@@ -383,7 +383,8 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
     if manifest.session is not None:
         mode = "sequential" if manifest.session.rng_mode == pb.RNG_MODE_SEQUENTIAL else "by name"
         summary.add_row("session", f"seed {manifest.session.seed}, {mode}")
-    summary.add_row("created", f"{manifest.created} ({manifest.seconds:.2f} s)")
+    if manifest.created:
+        summary.add_row("created", f"{manifest.created} ({manifest.seconds:.2f} s)")
     out.print(summary)
     return 0
 
@@ -580,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also give up after this many failed attempts in a row (default: only --retry-seconds)",
     )
     fetch.add_argument("--no-verify", action="store_true", help="skip digest verification (not recommended)")
+    fetch.add_argument(
+        "--record-time",
+        action="store_true",
+        help="record when the file was made and how long the fetch took in its manifest "
+        "(off by default: identical fetches give identical files)",
+    )
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_hf(fetch)
     _add_connection(fetch)

@@ -567,12 +567,16 @@ class Client:
         streams: int = 1,
         progress: Progress | None = None,
         zero_rows: Mapping[str, Sequence[int]] | None = None,
+        record_time: bool = False,
     ) -> Manifest:
         """Stream every variable into a safetensors file at `path` (never holding the model in
         memory) with a manifest in its metadata; returns the manifest. complex128 variables are
         refused (safetensors cannot store them). `zero_rows` (``{name: [row, ...]}``, rows of the
         full tensor's axis 0) are set to zero once fetched, as a model's init zeroes an Embedding's
-        padding row; the manifest records them (`weightgen verify` applies them too)."""
+        padding row; the manifest records them (`weightgen verify` applies them too).
+
+        The file is a pure function of the request and the server address: two identical fetches
+        write identical bytes. `record_time=True` adds when it was made and how long it took."""
         request = self.request(variables, seed=seed, session=session)
         zeroed = check_zero_rows(request.variables, zero_rows)
         default = session.default_dtype if isinstance(session, Session) else pb.DTYPE_FLOAT32
@@ -586,7 +590,7 @@ class Client:
             server=self.target,
             session=session.open_request() if isinstance(session, Session) else None,
         )
-        reserve = {"format": "pt", MANIFEST_KEY: manifest.placeholder(dtypes, zeroed).to_json()}
+        reserve = {"format": "pt", MANIFEST_KEY: manifest.placeholder(dtypes, zeroed, timed=record_time).to_json()}
         writer = SafetensorsWriter(path, request.variables, dtypes, metadata_reserve=reserve)
         started = time.perf_counter()
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -602,8 +606,9 @@ class Client:
                     entries[key].zero_rows = zeroed[spec.name]
             manifest.variables = [entries[i] for i in range(len(request.variables))]
             manifest.generator = ",".join(generators)
-            manifest.created = created
-            manifest.seconds = time.perf_counter() - started
+            if record_time:
+                manifest.created = created
+                manifest.seconds = time.perf_counter() - started
             writer.commit({"format": "pt", MANIFEST_KEY: manifest.to_json()})
         except BaseException:
             writer.abort()

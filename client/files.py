@@ -142,7 +142,8 @@ class ManifestVariable:
 class Manifest:
     """A fetch's record: the request, the session it ran in (as the OpenSessionRequest that makes
     an equivalent one; None without a session), the server, the generator, each variable in
-    request order, when it was made and how long the fetch took."""
+    request order, and, when asked for, when it was made and how long the fetch took (`created` is ""
+    otherwise: the file is then a pure function of the request)."""
 
     request: pb.MaterializeRequest
     server: str
@@ -172,8 +173,9 @@ class Manifest:
             "format": MANIFEST_FORMAT,
             "generator": self.generator,
             "server": self.server,
-            "created": self.created,
-            "seconds": round(self.seconds, 3),
+            # When and how long: only if asked for (materialize_to_file(record_time=True)), so that
+            # two identical fetches write byte-identical files.
+            **({"created": self.created, "seconds": round(self.seconds, 3)} if self.created else {}),
             "totalBytes": self.total_bytes,
             "request": json_format.MessageToDict(self.request),
         }
@@ -201,7 +203,9 @@ class Manifest:
             seconds=float(data.get("seconds", 0.0)),
         )
 
-    def placeholder(self, dtypes: Sequence[int], zero_rows: Mapping[str, Sequence[int]] | None = None) -> Manifest:
+    def placeholder(
+        self, dtypes: Sequence[int], zero_rows: Mapping[str, Sequence[int]] | None = None, *, timed: bool = False
+    ) -> Manifest:
         """This manifest with every variable at its widest values (what a header must make room for)."""
         sequential = self.session is not None and self.session.rng_mode == pb.RNG_MODE_SEQUENTIAL
         variables = []
@@ -226,8 +230,8 @@ class Manifest:
             generator="g" * 64,
             variables=variables,
             session=self.session,
-            created="0000-00-00T00:00:00.000000Z",
-            seconds=9_999_999.999,
+            created="0000-00-00T00:00:00.000000Z" if timed else "",
+            seconds=9_999_999.999 if timed else 0.0,
         )
 
 

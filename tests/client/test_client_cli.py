@@ -207,3 +207,14 @@ def test_progress_and_summary_speak_the_same_units(server, tmp_path):
     assert " kB" not in result.stderr and " MB" not in result.stderr, result.stderr
     summary = result.stdout
     assert "102.0 KiB (104,488)" in summary and "iB/s)" in summary, summary
+
+
+def test_two_identical_fetches_are_byte_identical_files(fetched, server, tmp_path):
+    again = tmp_path / "again.safetensors"
+    weightgen("fetch", str(MLP), "-o", str(again), "--server", server.address, "--no-progress")
+    assert again.read_bytes() == fetched[0].read_bytes()
+    timed = tmp_path / "timed.safetensors"
+    weightgen("fetch", str(MLP), "-o", str(timed), "--server", server.address, "--no-progress", "--record-time")
+    assert read_manifest(timed).created and not read_manifest(again).created
+    assert "created" in weightgen("inspect", str(timed)).stdout
+    assert "created" not in weightgen("inspect", str(again)).stdout

@@ -52,7 +52,7 @@ def test_file_equals_the_arrays_and_reloads(client, tmp_path):
 
 def test_manifest_round_trip(client, tmp_path):
     path = tmp_path / "m.safetensors"
-    manifest = client.materialize_to_file(VARIABLES, path)  # seed 0: the server picks, the manifest keeps it
+    manifest = client.materialize_to_file(VARIABLES, path, record_time=True)  # seed 0: the server picks one
     read = read_manifest(path)
     assert read.to_json() == manifest.to_json() and Manifest.from_json(read.to_json()).to_dict() == read.to_dict()
     sent = client.request(VARIABLES)
@@ -124,3 +124,16 @@ def test_header_outgrowing_its_reserve_is_relocated(tmp_path):
     assert np.array_equal(loaded["a"], a) and np.array_equal(loaded["b"], b)
     metadata, _ = read_header(tmp_path / "r.safetensors")
     assert metadata == {"k": "x" * 5000}
+
+
+def test_identical_fetches_write_identical_files(client, tmp_path):
+    first, second, timed = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "t.safetensors"
+    client.materialize_to_file(VARIABLES, first, seed=12)
+    client.materialize_to_file(VARIABLES, second, seed=12, streams=2)
+    assert first.read_bytes() == second.read_bytes()
+    assert "created" not in read_manifest(first).to_dict() and read_manifest(first).created == ""
+    # Timing is opt-in, and then it is what differs.
+    client.materialize_to_file(VARIABLES, timed, seed=12, record_time=True)
+    record = read_manifest(timed)
+    assert record.created.endswith("Z") and record.seconds > 0
+    assert record.variables == read_manifest(first).variables
