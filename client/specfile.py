@@ -46,24 +46,13 @@ from google.protobuf import json_format
 
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
+from weightgen.v1.initializers import FAN_AXES_KINDS, KINDS
 
 from .files import check_zero_rows
 from .specs import did_you_mean, dtype_value, enum_value, initializer, slice_ranges
 
 _LAYOUTS = ("channels_first", "channels_last")
-_WITHOUT_FANS = frozenset(
-    {
-        "zeros",
-        "ones",
-        "constant",
-        "random_normal",
-        "random_uniform",
-        "truncated_normal",
-        "broadcast",
-        "orthogonal",
-        "identity",
-    }
-)
+_WITHOUT_FANS = frozenset(KINDS) - FAN_AXES_KINDS
 """Initializer kinds a default layout does not apply to (they use no fans)."""
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\([^)]*\)|\S+")
 _SHAPE = re.compile(r"^(scalar|\d+(?:x\d+)*)$")

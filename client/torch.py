@@ -41,6 +41,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from weightgen.v1 import weightgen_pb2 as pb
+from weightgen.v1.initializers import FAN_AXES_KINDS
 
 from .sharding import Range, ShardFn, fetch_shards, rank_slice
 from .specs import InitializerLike, Variable, initializer
@@ -223,29 +224,9 @@ def _preset_name(module: Any, preset: str) -> str:
         return "hf" if getattr(getattr(module, "config", None), "model_type", None) else "torch"
     return preset
 
-_FAN_KINDS = frozenset(
-    {
-        "variance_scaling",
-        "glorot_uniform",
-        "glorot_normal",
-        "xavier_uniform",
-        "xavier_normal",
-        "he",
-        "he_normal",
-        "he_uniform",
-        "lecun_normal",
-        "lecun_uniform",
-        "kaiming_uniform",
-        "kaiming_normal",
-        "dirac",
-        "delta_orthogonal",
-    }
-)
-
-
 def _with_layout(message: pb.Initializer | None, layout: int) -> pb.Initializer | None:
     """`message` with FanAxes `layout` when it is fan-based and names no fan axes of its own."""
-    if message is None or message.HasField("fan_axes") or message.WhichOneof("kind") not in _FAN_KINDS:
+    if message is None or message.HasField("fan_axes") or message.WhichOneof("kind") not in FAN_AXES_KINDS:
         return message
     copy = pb.Initializer()
     copy.CopyFrom(message)

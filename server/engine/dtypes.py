@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from weightgen.v1 import wire
+
 
 class Kind(enum.Enum):
     FLOAT = "float"
@@ -42,32 +44,19 @@ class DTypeInfo:
 
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_KIND_OF = {"f": Kind.FLOAT, "c": Kind.COMPLEX, "i": Kind.INT, "u": Kind.UINT, "b": Kind.BOOL}
 
 
-def _entry(name: str, numpy: object, kind: Kind, compute: np.dtype = _F32) -> DTypeInfo:
-    return DTypeInfo(name, np.dtype(numpy), kind, compute)
+def _info(name: str, numpy: np.dtype) -> DTypeInfo:
+    """What the engine needs to know of a dtype of the API's table (weightgen.v1.wire.DTYPES, the one
+    list of dtypes): its kind, and the precision its values are computed in (float64 for the 8-byte
+    floats and the 16-byte complexes, float32 for the rest)."""
+    kind = Kind.FLOAT if numpy == np.dtype(ml_dtypes.bfloat16) else _KIND_OF[numpy.kind]
+    wide = (kind is Kind.FLOAT and numpy.itemsize == 8) or (kind is Kind.COMPLEX and numpy.itemsize == 16)
+    return DTypeInfo(name, numpy, kind, _F64 if wide else _F32)
 
 
-DTYPES: dict[str, DTypeInfo] = {
-    d.name: d
-    for d in (
-        _entry("float32", np.float32, Kind.FLOAT),
-        _entry("float64", np.float64, Kind.FLOAT, _F64),
-        _entry("float16", np.float16, Kind.FLOAT),
-        _entry("bfloat16", ml_dtypes.bfloat16, Kind.FLOAT),
-        _entry("complex64", np.complex64, Kind.COMPLEX),
-        _entry("complex128", np.complex128, Kind.COMPLEX, _F64),
-        _entry("int8", np.int8, Kind.INT),
-        _entry("int16", np.int16, Kind.INT),
-        _entry("int32", np.int32, Kind.INT),
-        _entry("int64", np.int64, Kind.INT),
-        _entry("uint8", np.uint8, Kind.UINT),
-        _entry("uint16", np.uint16, Kind.UINT),
-        _entry("uint32", np.uint32, Kind.UINT),
-        _entry("uint64", np.uint64, Kind.UINT),
-        _entry("bool", np.bool_, Kind.BOOL),
-    )
-}
+DTYPES: dict[str, DTypeInfo] = {name: _info(name, numpy) for name, numpy in wire.DTYPES.values()}
 
 DEFAULT_DTYPE = "float32"
 
