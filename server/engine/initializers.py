@@ -22,14 +22,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-from . import dtypes
+from . import dtypes, structured
 from .dtypes import DTypeInfo, Kind
 from .fans import Fans, compute_fans
 from .plan import check_shape
 from .spec import BaseTensor, FanAxes, Initializer, SpecError
+from .values import representable
 
 TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
 """Standard deviation of a unit normal truncated to [-2, 2] (JAX's variance_scaling correction)."""
@@ -334,8 +334,6 @@ _define("kaiming_normal", "N, std = gain / sqrt(fan), not truncated (PyTorch)", 
 
 def _structured(kind: str):
     def resolve(p, ctx):
-        from . import structured  # structured imports this module
-
         structured.check(kind, p, ctx.shape, ctx.dtype, ctx.fan_axes)
         return Structured(kind, dict(p))
 
@@ -371,29 +369,6 @@ def _broadcast(p, ctx):
 
 
 # ---------------------------------------------------------------------------------------------
-# Values given by the client, converted to the variable's dtype without silent loss.
-
-
-def representable(value: complex, dtype: DTypeInfo, path: str) -> complex:
-    """`value` as the variable's dtype would hold it; SpecError when that would change it beyond
-    float rounding (a fraction or overflow for integers, an imaginary part for real dtypes)."""
-    value = complex(value)
-    if dtype.kind is not Kind.COMPLEX and value.imag != 0:
-        raise SpecError(path, f"{value} has an imaginary part but the dtype is {dtype.name}")
-    if dtype.kind is Kind.BOOL:
-        return complex(bool(value.real))
-    if dtype.kind in (Kind.INT, Kind.UINT):
-        info = np.iinfo(dtype.numpy)
-        if value.real != int(value.real) or not info.min <= value.real <= info.max:
-            raise SpecError(path, f"{value.real} is not representable as {dtype.name}")
-        return complex(int(value.real))
-    part = ml_dtypes.finfo(dtype.numpy)
-    for component in (value.real, value.imag):
-        if abs(component) > float(part.max):
-            raise SpecError(path, f"{component} overflows {dtype.name}")
-    return value
-
-
 def broadcast_base(base: BaseTensor, shape: tuple[int, ...], dtype: DTypeInfo) -> Broadcast:
     """GoMLX's BroadcastTensorToShape rules: a base shaped like a variable (`check_shape`), the
     variable's shape or a strict suffix of it, whose values all convert to `dtype` (`check_conversion`).

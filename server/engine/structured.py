@@ -24,8 +24,8 @@ import numpy as np
 
 from .dtypes import DTypeInfo, Kind, complex_of
 from .fans import resolve_axes
-from .initializers import representable
 from .spec import FanAxes, SpecError
+from .values import representable
 
 RANDOM_KINDS = ("orthogonal", "delta_orthogonal")
 
