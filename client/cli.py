@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,12 +164,11 @@ def _client(args: argparse.Namespace, fallback: str = DEFAULT_TARGET, **kwargs) 
 # -- commands ----------------------------------------------------------------------------------
 
 
-def _hf_checkpoint(args: argparse.Namespace) -> Any:
-    """The seed checkpoint of --hf-config (needs torch and transformers)."""
-    from . import hf
-
+def _from_hf_config(args: argparse.Namespace, build: Callable[..., Any], **kwargs: Any) -> Any:
+    """`build(args.hf_config, ...)` (a weightgen.client.hf function), its missing dependencies and
+    bad configs as one-line usage errors."""
     try:
-        return hf.seed_checkpoint(args.hf_config, model_class=args.hf_class, dtype=args.hf_dtype)
+        return build(args.hf_config, model_class=args.hf_class, **kwargs)
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] not in ("torch", "transformers"):
             raise
@@ -177,8 +176,15 @@ def _hf_checkpoint(args: argparse.Namespace) -> Any:
             f"--hf-config needs torch and transformers on this machine ({e.name} is missing): "
             "pip install torch transformers"
         ) from None
-    except ValueError as e:
+    except (OSError, ValueError) as e:
         raise UsageError(f"--hf-config {args.hf_config}: {e}") from None
+
+
+def _hf_checkpoint(args: argparse.Namespace) -> Any:
+    """The seed checkpoint of --hf-config (needs torch and transformers)."""
+    from . import hf
+
+    return _from_hf_config(args, hf.seed_checkpoint, dtype=args.hf_dtype)
 
 
 def _source(args: argparse.Namespace) -> tuple[pb.MaterializeRequest, dict[str, list[int]], Any]:
@@ -443,17 +449,7 @@ def _hf_model(args: argparse.Namespace) -> Any:
     """The model of --hf-config on the meta device (needs torch and transformers)."""
     from . import hf
 
-    try:
-        return hf.meta_model(args.hf_config, model_class=args.hf_class)
-    except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] not in ("torch", "transformers"):
-            raise
-        raise UsageError(
-            f"--hf-config needs torch and transformers on this machine ({e.name} is missing): "
-            "pip install torch transformers"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--hf-config {args.hf_config}: {e}") from None
+    return _from_hf_config(args, hf.meta_model)
 
 
 def _load_rules(path: str | None) -> dict[str, object] | None:
