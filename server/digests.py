@@ -7,6 +7,9 @@ Streams of the same content therefore join one `SharedDigest`, which whichever s
 along advances; the others only skip what it has hashed. A finished digest is kept (a bounded LRU
 of `max_finished` variables), so a later stream of the same bytes hashes nothing.
 
+Each algorithm has its own digests: a stream that asked for XXH3-128 never joins one that hashes
+the same bytes with SHA-256 (the board's key is the algorithm and the content).
+
 Every stream still feeds every byte it generates, in order, starting at 0, so a shared digest is
 never behind the stream that asks for it: when a stream reaches the end of its variable, the
 digest covers it all, whoever hashed which part.
@@ -22,11 +25,15 @@ from weightgen.v1 import wire
 
 
 class SharedDigest:
-    """The running digest of `total` bytes, fed in order by one or more streams."""
+    """The running digest (`algorithm`, any but "none") of `total` bytes, fed in order by one or
+    more streams."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, algorithm: str = wire.DIGEST_ALGORITHM):
+        if algorithm == "none":
+            raise ValueError("a SharedDigest needs an algorithm that hashes (not 'none')")
         self.total = total
-        self._hash = wire.new_digest()
+        self.algorithm = algorithm
+        self._hash = wire.new_digest(algorithm)
         self._position = 0  # bytes hashed so far
         self._final: bytes | None = None
         self._lock = threading.Lock()
@@ -58,7 +65,7 @@ class SharedDigest:
                 raise RuntimeError(f"digest asked for at byte {self._position} of {self.total}")
             if self._final is None:
                 self._final = self._hash.digest()
-                self._hash = None  # done with: only the 32 bytes are kept
+                self._hash = None  # done with: only the digest's bytes are kept
             return self._final
 
 
@@ -75,16 +82,18 @@ class DigestBoard:
         self.hashed_bytes = 0
         self.skipped_bytes = 0  # bytes fed that another stream had hashed already
 
-    def join(self, key: Hashable | None, total: int) -> SharedDigest:
-        """The shared digest of the content `key` names (`total` bytes); a private one for None."""
+    def join(self, key: Hashable | None, total: int, algorithm: str = wire.DIGEST_ALGORITHM) -> SharedDigest:
+        """The shared `algorithm` digest of the content `key` names (`total` bytes); a private one
+        for None. Pass the same `key` and `algorithm` to `leave`."""
         if key is None:
-            shared = SharedDigest(total)
+            shared = SharedDigest(total, algorithm)
             shared.users = 1
             return shared
+        key = (algorithm, key)
         with self._lock:
             shared = self._active.get(key) or self._finished.pop(key, None)
             if shared is None:
-                shared = SharedDigest(total)
+                shared = SharedDigest(total, algorithm)
             else:
                 self.joined += 1
             self._active[key] = shared
@@ -103,6 +112,7 @@ class DigestBoard:
         """The stream is done with `shared` (finished or not)."""
         if key is None:
             return
+        key = (shared.algorithm, key)
         with self._lock:
             shared.users -= 1
             if shared.users > 0 or self._active.get(key) is not shared:

@@ -27,7 +27,7 @@ ZERO_REASONS = {
 }
 
 
-def info_message(info: eng.TensorInfo) -> pb.TensorInfo:
+def info_message(info: eng.TensorInfo, digest: str = wire.DIGEST_ALGORITHM) -> pb.TensorInfo:
     message = pb.TensorInfo(
         name=info.name,
         shape=info.shape,
@@ -35,7 +35,7 @@ def info_message(info: eng.TensorInfo) -> pb.TensorInfo:
         byte_size=info.byte_size,
         seed=info.seed,
         generator=info.generator,
-        digest_algorithm=wire.DIGEST_ALGORITHM,
+        digest_algorithm=digest,
         slice=[pb.Range(start=a, stop=b) for a, b in info.slice],
         zero_reason=ZERO_REASONS[info.zero_reason],
     )
@@ -55,17 +55,19 @@ class ChunkEncoder:
         resume_offset: int = 0,
         sequence_indexes: tuple[int, ...] = (),
         digests: DigestBoard | None = None,
+        digest: str = wire.DIGEST_ALGORITHM,
     ):
         self.index = index
         self.chunk_bytes = chunk_bytes
         self.resume_offset = resume_offset
         self.byte_size = prepared.info.byte_size
-        self._info = info_message(prepared.info).SerializeToString()
-        # Without a board the digest is this stream's own (a board that keeps nothing).
+        self._info = info_message(prepared.info, digest).SerializeToString()
+        # Without a board the digest is this stream's own (a board that keeps nothing); with
+        # "none", there is no digest at all.
         self._board = digests if digests is not None else DigestBoard(max_finished=0)
         self._content = prepared.content_key
-        self._digest = self._board.join(self._content, self.byte_size)
-        self._joined = True
+        self._digest = self._board.join(self._content, self.byte_size, digest) if digest != "none" else None
+        self._joined = self._digest is not None
         self._pending: list[memoryview] = []  # bytes at or past resume_offset not yet in a chunk
         self._pending_size = 0
         self._position = 0  # bytes fed so far
@@ -82,7 +84,8 @@ class ChunkEncoder:
         """The chunks that the next piece completes (none while less than a chunk is pending)."""
         data = memoryview(np.ascontiguousarray(piece).reshape(-1).view(np.uint8))
         start, self._position = self._position, self._position + len(data)
-        self._board.feed(self._digest, start, data)
+        if self._digest is not None:
+            self._board.feed(self._digest, start, data)
         if self._position <= self.resume_offset:
             return []  # the client has these bytes already
         if start < self.resume_offset:
@@ -115,7 +118,7 @@ class ChunkEncoder:
             parts,
             info=self._info if self._first else b"",
             last=last,
-            digest=self._digest.digest() if last else b"",
+            digest=self._digest.digest() if last and self._digest is not None else b"",
             sequence_indexes=self._sequence_indexes if self._first else (),
         )
         self._first = False

@@ -210,7 +210,13 @@ class WeightGenService:
         try:
             for variable, prepared in zip(batch.variables, work, strict=True):
                 encoder = ChunkEncoder(
-                    variable.index, prepared, batch.chunk_bytes, variable.resume_offset, positions, self.digests
+                    variable.index,
+                    prepared,
+                    batch.chunk_bytes,
+                    variable.resume_offset,
+                    positions,
+                    self.digests,
+                    batch.digest,
                 )
                 positions = ()
                 outgoing = Outgoing(self.engine.stream(prepared, cancelled=ticket.cancelled), encoder)

@@ -133,6 +133,7 @@ class Batch:
     chunk_bytes: int  # the largest data field of a chunk (0 in the request = the default)
     variables: tuple[Variable, ...]
     sequence_start: int | None = None  # a sequential session's position, carried by the client
+    digest: str = wire.DIGEST_ALGORITHM  # "sha256" (the default), "xxh3_128" or "none"
 
 
 def materialize(request: pb.MaterializeRequest, config: Config, cancelled: threading.Event | None = None) -> Batch:
@@ -153,6 +154,13 @@ def materialize(request: pb.MaterializeRequest, config: Config, cancelled: threa
         )
     if request.session_id and request.seed:
         raise invalid("seed: must be 0 when session_id names a session (the session's seed applies)")
+    try:
+        digest = wire.digest_name(request.digest_algorithm)
+    except KeyError:
+        raise invalid(
+            f"digest_algorithm: unknown value {request.digest_algorithm} "
+            f"(0 = sha256, or one of {', '.join(f'{v} = {n}' for v, n in wire.DIGESTS.items())})"
+        ) from None
     if request.HasField("sequence_start") and not request.session_id:
         raise invalid("sequence_start: applies only to a sequential session")
     variables = []
@@ -166,7 +174,7 @@ def materialize(request: pb.MaterializeRequest, config: Config, cancelled: threa
         except eng.SpecError as e:
             raise invalid(e.at(index, variable.name).describe()) from None
     start = request.sequence_start if request.HasField("sequence_start") else None
-    return Batch(request.session_id, request.seed, chunk_bytes, tuple(variables), start)
+    return Batch(request.session_id, request.seed, chunk_bytes, tuple(variables), start, digest)
 
 
 def _variable(index: int, variable: pb.VariableSpec, names: dict[str, int], config: Config) -> Variable:

@@ -9,12 +9,25 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+import xxhash
 
 from weightgen.server.engine import BaseTensor, Engine, FanAxes, Initializer, VariableSpec
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
 
 TIMEOUT = 60
+
+REFERENCE_DIGESTS: dict[str, Callable[[bytes], bytes]] = {
+    "sha256": lambda data: hashlib.sha256(data).digest(),
+    "xxh3_128": xxhash.xxh3_128_digest,
+    "none": lambda data: b"",
+}
+"""Each digest algorithm from a library (hashlib, xxhash), never from the server's code."""
+
+
+def reference_digest(algorithm: str, data: bytes | bytearray) -> bytes:
+    """The digest TensorInfo.digest_algorithm `algorithm` gives `data`, by an independent library."""
+    return REFERENCE_DIGESTS[algorithm](bytes(data))
 
 
 @dataclass
@@ -48,7 +61,9 @@ def collect(chunks: Iterable[pb.TensorChunk]) -> dict[int, Received]:
             assert chunk.offset == expected, f"variable {chunk.variable_index}: offset {chunk.offset} != {expected}"
         got.chunks.append(chunk)
         got.data += chunk.data
-        assert bool(chunk.digest) == chunk.last, f"variable {chunk.variable_index}: digest only on the last chunk"
+        hashes = got.info.digest_algorithm != "none"
+        where = f"variable {chunk.variable_index}"
+        assert bool(chunk.digest) == (chunk.last and hashes), f"{where}: a digest on the last chunk only"
         if chunk.last:
             got.last_seen = True
             got.digest = chunk.digest
@@ -66,7 +81,8 @@ def fetch(stub, request: pb.MaterializeRequest) -> dict[int, Received]:
         assert got.first_offset == resume
         assert resume + len(got.data) == got.info.byte_size, f"variable {index}: wrong byte count"
         if resume == 0:
-            assert got.digest == hashlib.sha256(got.data).digest(), f"variable {index}: digest mismatch"
+            expected = reference_digest(got.info.digest_algorithm, got.data)
+            assert got.digest == expected, f"variable {index}: {got.info.digest_algorithm} digest mismatch"
     return received
 
 

@@ -77,6 +77,13 @@ class ZeroReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ZERO_REASON_UNSPECIFIED: _ClassVar[ZeroReason]
     ZERO_REASON_NON_FLOAT_DTYPE: _ClassVar[ZeroReason]
     ZERO_REASON_RANK_AT_MOST_1: _ClassVar[ZeroReason]
+
+class DigestAlgorithm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIGEST_ALGORITHM_UNSPECIFIED: _ClassVar[DigestAlgorithm]
+    DIGEST_ALGORITHM_SHA256: _ClassVar[DigestAlgorithm]
+    DIGEST_ALGORITHM_XXH3_128: _ClassVar[DigestAlgorithm]
+    DIGEST_ALGORITHM_NONE: _ClassVar[DigestAlgorithm]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
@@ -124,6 +131,10 @@ NONLINEARITY_SELU: Nonlinearity
 ZERO_REASON_UNSPECIFIED: ZeroReason
 ZERO_REASON_NON_FLOAT_DTYPE: ZeroReason
 ZERO_REASON_RANK_AT_MOST_1: ZeroReason
+DIGEST_ALGORITHM_UNSPECIFIED: DigestAlgorithm
+DIGEST_ALGORITHM_SHA256: DigestAlgorithm
+DIGEST_ALGORITHM_XXH3_128: DigestAlgorithm
+DIGEST_ALGORITHM_NONE: DigestAlgorithm
 
 class Range(_message.Message):
     __slots__ = ("start", "stop")
@@ -366,18 +377,20 @@ class VariableSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., initializer: _Optional[_Union[Initializer, _Mapping]] = ..., seed: _Optional[int] = ..., slice: _Optional[_Iterable[_Union[Range, _Mapping]]] = ..., resume_offset: _Optional[int] = ..., sequence_index: _Optional[int] = ...) -> None: ...
 
 class MaterializeRequest(_message.Message):
-    __slots__ = ("session_id", "seed", "variables", "chunk_bytes", "sequence_start")
+    __slots__ = ("session_id", "seed", "variables", "chunk_bytes", "sequence_start", "digest_algorithm")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_START_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seed: int
     variables: _containers.RepeatedCompositeFieldContainer[VariableSpec]
     chunk_bytes: int
     sequence_start: int
-    def __init__(self, session_id: _Optional[str] = ..., seed: _Optional[int] = ..., variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., chunk_bytes: _Optional[int] = ..., sequence_start: _Optional[int] = ...) -> None: ...
+    digest_algorithm: DigestAlgorithm
+    def __init__(self, session_id: _Optional[str] = ..., seed: _Optional[int] = ..., variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., chunk_bytes: _Optional[int] = ..., sequence_start: _Optional[int] = ..., digest_algorithm: _Optional[_Union[DigestAlgorithm, str]] = ...) -> None: ...
 
 class TensorInfo(_message.Message):
     __slots__ = ("name", "shape", "dtype", "byte_size", "seed", "generator", "digest_algorithm", "slice", "zero_reason", "sequence_index")
