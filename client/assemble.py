@@ -1,8 +1,10 @@
 """From TensorChunks to tensors: reassembly by offset, running digests, and what a resume needs.
 
 An `Assembler` follows one fetch (a batch of variables, over as many attempts as it takes). Each
-chunk's bytes go to a `Sink` (memory buffers or a file) at their absolute offset; a running SHA-256
-per variable is checked against the digest on its last chunk. For every variable it knows the
+chunk's bytes go to a `Sink` (memory buffers or a file) at their absolute offset; a running digest
+per variable, of the algorithm its TensorInfo names (SHA-256 or XXH3-128), is checked against the
+digest on its last chunk. When the server sends none ("none") and the caller needs a content
+digest anyway (a file's manifest), the assembler computes `local_digest` itself. For every variable it knows the
 contiguous prefix received, so a broken stream resumes with `resume_request`: only the unfinished
 variables, each from the byte it stopped at, with the effective seed (and sequential position) the
 server already reported, so the resumed bytes are the ones the first attempt would have sent.
@@ -10,7 +12,6 @@ server already reported, so the resumed bytes are the ones the first attempt wou
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,12 +28,15 @@ from .specs import delivered_shape
 @dataclass(frozen=True)
 class Tensor:
     """A completed variable: its `array` (None when it went straight to a file), the server's
-    `info` (effective seed, generator, resolved dtype, full shape, sequence index) and `digest`."""
+    `info` (effective seed, generator, resolved dtype, full shape, sequence index) and `digest`
+    of the bytes, of `digest_algorithm` ("sha256", "xxh3_128"; "" with no digest): the server's,
+    or the one computed here when the server sent none and the fetch needed one."""
 
     name: str
     array: np.ndarray | None
     info: pb.TensorInfo
     digest: bytes
+    digest_algorithm: str = wire.DIGEST_ALGORITHM
 
     @property
     def seed(self) -> int:
@@ -77,6 +81,7 @@ class _State:
     info: pb.TensorInfo | None = None
     received: int = 0  # contiguous bytes from offset 0
     hasher: object | None = None
+    algorithm: str = ""  # of `hasher`, or of the server's digest when nothing is hashed here
     done: bool = False
 
 
@@ -99,24 +104,26 @@ def _check_info(spec: pb.VariableSpec, info: pb.TensorInfo, verify: bool) -> Non
     expected = int(np.prod(delivered_shape(info), dtype=np.int64)) * wire.numpy_dtype(info.dtype).itemsize
     if info.byte_size != expected:
         raise ProtocolError(None, f"{where}: byte_size {info.byte_size}, its shape and dtype make {expected}")
-    if verify and info.digest_algorithm != wire.DIGEST_ALGORITHM:
+    if verify and (info.digest_algorithm or wire.DIGEST_ALGORITHM) not in wire.DIGEST_SIZES:
         raise ProtocolError(None, f"{where}: unsupported digest algorithm {info.digest_algorithm!r}")
 
 
 def _same_info(a: pb.TensorInfo, b: pb.TensorInfo) -> bool:
-    return (a.byte_size, a.dtype, a.seed, a.generator, list(a.shape)) == (
+    return (a.byte_size, a.dtype, a.seed, a.generator, list(a.shape), a.digest_algorithm) == (
         b.byte_size,
         b.dtype,
         b.seed,
         b.generator,
         list(b.shape),
+        b.digest_algorithm,
     ) and (a.HasField("sequence_index") == b.HasField("sequence_index") and a.sequence_index == b.sequence_index)
 
 
 class Assembler:
     """The state of one fetch. `feed` each decoded chunk with the index of its variable in
     `specs`; it returns the completed Tensor on a variable's last chunk. `keys` are the sink's keys
-    for `specs` (default: their positions). `on_bytes(n)` is told of every n new bytes received."""
+    for `specs` (default: their positions). `on_bytes(n)` is told of every n new bytes received.
+    `local_digest` (e.g. "xxh3_128"): computed here for a variable whose server sends no digest."""
 
     def __init__(
         self,
@@ -126,11 +133,13 @@ class Assembler:
         verify: bool = True,
         keys: Sequence[int] | None = None,
         on_bytes: Callable[[int], None] | None = None,
+        local_digest: str | None = None,
     ):
         keys = list(range(len(specs))) if keys is None else list(keys)
         self._states = [_State(spec, key) for spec, key in zip(specs, keys, strict=True)]
         self._sink = sink
         self._verify = verify
+        self._local_digest = None if local_digest == "none" else local_digest
         self._on_bytes = on_bytes
         self.received = 0
         self._positions: dict[int, int] = {}  # sequential sessions: variable -> position (-1: none)
@@ -163,7 +172,13 @@ class Assembler:
             if state.info is None:
                 _check_info(spec, chunk.info, self._verify)
                 state.info = chunk.info
-                state.hasher = hashlib.sha256() if self._verify else None
+                algorithm = chunk.info.digest_algorithm or wire.DIGEST_ALGORITHM
+                if algorithm == "none":
+                    state.algorithm = self._local_digest or ""
+                    state.hasher = wire.new_digest(state.algorithm) if state.algorithm else None
+                else:
+                    state.algorithm = algorithm
+                    state.hasher = wire.new_digest(algorithm) if self._verify else None
                 self._sink.open(state.key, chunk.info)
             elif not _same_info(state.info, chunk.info):
                 raise ProtocolError(None, f"variable {spec.name!r}: the resumed stream reports a different tensor")
@@ -191,12 +206,17 @@ class Assembler:
             raise ProtocolError(
                 None, f"variable {spec.name!r}: last chunk at {state.received} bytes of {info.byte_size}"
             )
-        if state.hasher is not None:
+        digest = chunk.digest
+        if (info.digest_algorithm or wire.DIGEST_ALGORITHM) == "none":
+            if chunk.digest:
+                raise ProtocolError(None, f"variable {spec.name!r}: a digest although its algorithm is 'none'")
+            digest = state.hasher.digest() if state.hasher is not None else b""
+        elif state.hasher is not None:
             actual = state.hasher.digest()
             if chunk.digest != actual:
-                raise DigestMismatchError(spec.name, chunk.digest, actual)
+                raise DigestMismatchError(spec.name, chunk.digest, actual, algorithm=state.algorithm)
         state.done = True
-        return Tensor(spec.name, self._sink.finish(state.key), info, chunk.digest)
+        return Tensor(spec.name, self._sink.finish(state.key), info, digest, state.algorithm)
 
     def resume_request(
         self, original: pb.MaterializeRequest, *, sequential: bool
@@ -213,7 +233,10 @@ class Assembler:
         as before and must take the same positions; otherwise every variable that takes a position
         has an explicit ``sequence_index`` (and the others take none), so it shifts nothing."""
         request = pb.MaterializeRequest(
-            session_id=original.session_id, seed=original.seed, chunk_bytes=original.chunk_bytes
+            session_id=original.session_id,
+            seed=original.seed,
+            chunk_bytes=original.chunk_bytes,
+            digest_algorithm=original.digest_algorithm,
         )
         if original.HasField("sequence_start"):
             request.sequence_start = original.sequence_start

@@ -233,7 +233,7 @@ def cmd_fetch(args: argparse.Namespace, out: Console, err: Console) -> int:
         disable=args.no_progress,
         transient=False,
     )
-    with _client(args, retries=args.retries, verify=not args.no_verify) as client, progress:
+    with _client(args, retries=args.retries, verify=not args.no_verify, digest=args.digest) as client, progress:
         task = progress.add_task(output.name, total=None)
 
         def advance(received: int, total: int) -> None:
@@ -582,6 +582,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="record when the file was made and how long the fetch took in its manifest "
         "(off by default: identical fetches give identical files)",
+    )
+    fetch.add_argument(
+        "--digest",
+        choices=("xxh3_128", "sha256", "none"),
+        default="xxh3_128",
+        help="the digest the server sends with each tensor (default xxh3_128: fast, not cryptographic; "
+        "the file's manifest always records one, computed here with 'none')",
     )
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_hf(fetch)

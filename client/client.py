@@ -10,7 +10,9 @@
 
 Materialize responses take the fast path: the stream's messages arrive as bytes (identity
 deserializer) and `weightgen.v1.wire.decode_chunk` reads them without copying the data. Every
-variable's digest is verified (``verify=False`` skips it). A stream broken by the transport
+variable's digest is verified (``verify=False`` skips it); the client asks for XXH3-128 (``digest=``
+chooses: "xxh3_128", "sha256" or "none"), which costs a few milliseconds per GiB where SHA-256 cost
+half a second on each side. A stream broken by the transport
 (UNAVAILABLE, INTERNAL, UNKNOWN, or DEADLINE_EXCEEDED after progress) resumes where it stopped:
 only unfinished variables are asked for again, from the first missing byte, with the seed and
 sequence position the server reported, so the result is the bytes an unbroken stream would give.
@@ -357,7 +359,9 @@ class Client:
     roots or `root_certificates`, PEM bytes) or a ready `grpc.ChannelCredentials` (mutual TLS).
     `token` is sent as a bearer token. `timeout` (seconds) bounds each call; `chunk_bytes` is the
     largest chunk asked for: by default the largest that fits gRPC's 4 MiB message limit, the
-    fastest in bench/e2e_fetch.py (0 = the server's default, 1 MiB); `verify` checks every digest.
+    fastest in bench/e2e_fetch.py (0 = the server's default, 1 MiB); `digest` is the algorithm
+    asked for ("xxh3_128", the default: fast, not cryptographic; "sha256"; or "none"; a request
+    that names its own keeps it); `verify` checks every digest.
 
     Failed calls are retried for `retry_seconds` without progress (default 120 s: a replica's
     restart and warm-up): a broken stream resumes from the first missing byte, UNAVAILABLE (a server
@@ -377,6 +381,7 @@ class Client:
         token: str | None = None,
         timeout: float | None = None,
         chunk_bytes: int = wire.MAX_CHUNK_BYTES,
+        digest: str = wire.FAST_DIGEST,
         verify: bool = True,
         retries: int | None = None,
         retry_seconds: float = 120.0,
@@ -391,6 +396,7 @@ class Client:
             raise ValueError(f"retries must be None (no cap) or >= 0, got {retries}")
         if not retry_seconds >= 0:
             raise ValueError(f"retry_seconds must be >= 0, got {retry_seconds}")
+        self.digest = wire.digest_name(wire.digest_enum(digest))
         target, fleet = fleet_target(target)
         self.target = target
         self.timeout = timeout
@@ -474,8 +480,9 @@ class Client:
         self, variables: Variables, *, seed: int = 0, session: Session | str | None = None
     ) -> pb.MaterializeRequest:
         """The MaterializeRequest for `variables` (or a copy of a given request, with `seed`,
-        `session` and the client's chunk size applied where set). A sequential `Session` adds its
-        position as ``sequence_start`` (unless the request has one); a session given by its id
+        `session` and the client's chunk size and digest algorithm applied where it sets none). A
+        sequential `Session` adds its position as ``sequence_start`` (unless the request has one); a
+        session given by its id
         alone sends none, so the server that opened it counts its positions (elsewhere it refuses
         with FAILED_PRECONDITION): pass the `Session` to use any replica."""
         if isinstance(variables, pb.MaterializeRequest):
@@ -491,6 +498,8 @@ class Client:
             request.sequence_start = session.next_position
         if self.chunk_bytes and not request.chunk_bytes:
             request.chunk_bytes = self.chunk_bytes
+        if not request.digest_algorithm:
+            request.digest_algorithm = wire.digest_enum(self.digest)
         if not request.variables:
             raise ValueError("no variables to materialize")
         return request
@@ -585,6 +594,7 @@ class Client:
         recorded.CopyFrom(request)
         if not (isinstance(variables, pb.MaterializeRequest) and variables.chunk_bytes):
             recorded.ClearField("chunk_bytes")  # how the bytes travelled is not part of what they are
+        recorded.ClearField("digest_algorithm")  # the manifest names the algorithm of its digests
         manifest = Manifest(
             request=recorded,
             server=self.target,
@@ -596,10 +606,17 @@ class Client:
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         entries: dict[int, ManifestVariable] = {}
         generators: dict[str, None] = {}
+        algorithms: dict[str, None] = {}
         try:
-            for key, tensor in self._fetch(request, writer, session, streams, progress):
+            # The manifest's digests are the server's, verified as the bytes arrived (no extra pass);
+            # a fetch without them ("none") has the client compute XXH3-128 as it writes.
+            for key, tensor in self._fetch(request, writer, session, streams, progress, local_digest=wire.FAST_DIGEST):
                 entries[key] = ManifestVariable.from_info(tensor.info, tensor.digest)
                 generators[tensor.info.generator] = None
+                algorithms[tensor.digest_algorithm] = None
+            if len(algorithms) > 1:
+                raise errors.ProtocolError(None, f"the variables came with different digests: {', '.join(algorithms)}")
+            manifest.digest_algorithm = next(iter(algorithms), wire.FAST_DIGEST)
             for key, spec in enumerate(request.variables):
                 if spec.name in zeroed:
                     writer.zero_rows(key, zeroed[spec.name], spec.slice[0].start if spec.slice else 0)
@@ -624,8 +641,10 @@ class Client:
         session: Session | str | None,
         streams: int,
         progress: Progress | None,
+        local_digest: str | None = None,
     ) -> Iterator[tuple[int, Tensor]]:
-        """(position in the request, Tensor) for every variable, over `streams` concurrent calls."""
+        """(position in the request, Tensor) for every variable, over `streams` concurrent calls.
+        `local_digest`: the algorithm to compute here for variables the server sends no digest for."""
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams}")
         # A session given by id only may be sequential: assume so, so a resume never guesses positions.
@@ -639,7 +658,7 @@ class Client:
             taken = _Positions(session, request) if isinstance(session, Session) and session.sequential else None
             try:
                 yield from self._attempts(
-                    request, list(range(len(request.variables))), sink, sequential, counter, calls, taken
+                    request, list(range(len(request.variables))), sink, sequential, counter, calls, taken, local_digest
                 )
             finally:
                 calls.stop()
@@ -648,7 +667,7 @@ class Client:
             raise ValueError("a sequential session needs streams=1: its positions follow the order of requests")
         if not request.session_id and not request.seed:
             request = self.request(request, seed=secrets.randbits(64) or 1)  # one seed for every stream
-        yield from self._parallel(request, groups, sink, sequential, counter, calls)
+        yield from self._parallel(request, groups, sink, sequential, counter, calls, local_digest)
 
     def _parallel(
         self,
@@ -658,6 +677,7 @@ class Client:
         sequential: bool,
         counter: _Counter,
         calls: _Calls,
+        local_digest: str | None = None,
     ) -> Iterator[tuple[int, Tensor]]:
         results: queue.Queue[tuple[str, Any]] = queue.Queue()
 
@@ -666,10 +686,11 @@ class Client:
                 session_id=request.session_id,
                 seed=request.seed,
                 chunk_bytes=request.chunk_bytes,
+                digest_algorithm=request.digest_algorithm,
                 variables=[request.variables[i] for i in group],
             )
             try:
-                for item in self._attempts(sub, group, sink, sequential, counter, calls):
+                for item in self._attempts(sub, group, sink, sequential, counter, calls, local_digest=local_digest):
                     results.put(("tensor", item))
                 results.put(("done", None))
             except BaseException as e:
@@ -702,10 +723,13 @@ class Client:
         counter: _Counter,
         calls: _Calls,
         taken: _Positions | None = None,
+        local_digest: str | None = None,
     ) -> Iterator[tuple[int, Tensor]]:
         """One Materialize call and as many resumed ones as a broken stream needs, within the
         retry budget. `taken` follows the positions a sequential session's variables take."""
-        assembler = Assembler(request.variables, sink, verify=self.verify, keys=keys, on_bytes=counter)
+        assembler = Assembler(
+            request.variables, sink, verify=self.verify, keys=keys, on_bytes=counter, local_digest=local_digest
+        )
         current, positions = request, list(range(len(request.variables)))
         budget = _Budget(self)
         attempt = 0

@@ -97,12 +97,15 @@ class DigestMismatchError(WeightgenError):
     code = "DATA_LOSS"
     hint = "the bytes were corrupted in transit or on disk: fetch again"
 
-    def __init__(self, name: str, expected: bytes, actual: bytes, where: str = "the stream"):
+    def __init__(
+        self, name: str, expected: bytes, actual: bytes, where: str = "the stream", algorithm: str = "sha256"
+    ):
         self.name = name
         self.expected = expected
         self.actual = actual
+        self.algorithm = algorithm
         super().__init__(
-            None, f"variable {name!r}: sha256 of the bytes is {actual.hex()}, {where} says {expected.hex()}"
+            None, f"variable {name!r}: {algorithm} of the bytes is {actual.hex()}, {where} says {expected.hex()}"
         )
 
 

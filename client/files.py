@@ -8,9 +8,11 @@ final manifest, padded with spaces to the reserved length (the format allows tra
 the file is renamed into place; a failed fetch leaves no file that looks complete.
 
 The manifest (``__metadata__["weightgen"]``, JSON) records the request in protobuf JSON form, the
-session's parameters if one was used, the server, the generator (determinism contract) and, per
+session's parameters if one was used, the server, the generator (determinism contract), the digest
+algorithm (``digestAlgorithm``: "xxh3_128" by default; manifests without it are "sha256") and, per
 variable, the effective seed, sequence position, byte size and digest: enough to reproduce step 0
-and to check every tensor bit for bit later (``weightgen verify``).
+and to check every tensor bit for bit later (``weightgen verify``). The digests are the server's,
+verified by the client as the bytes arrived (docs/determinism.md, "Digests").
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class ManifestVariable:
     slice: list[list[int]]  # [[start, stop], ...] per axis; [] for the whole tensor
     byte_size: int
     seed: int  # the effective seed
-    digest: str  # sha256 of the bytes, hex
+    digest: str  # the digest of the bytes (Manifest.digest_algorithm), hex
     sequence_index: int | None = None  # position in a sequential session
     zero_reason: str = ""  # ZeroReason name when a random initializer gave zeros
     zero_rows: list[int] = field(default_factory=list)
@@ -152,6 +154,7 @@ class Manifest:
     session: pb.OpenSessionRequest | None = None
     created: str = ""
     seconds: float = 0.0
+    digest_algorithm: str = wire.FAST_DIGEST  # of every variable's digest
 
     @property
     def total_bytes(self) -> int:
@@ -177,6 +180,7 @@ class Manifest:
             # two identical fetches write byte-identical files.
             **({"created": self.created, "seconds": round(self.seconds, 3)} if self.created else {}),
             "totalBytes": self.total_bytes,
+            "digestAlgorithm": self.digest_algorithm,
             "request": json_format.MessageToDict(self.request),
         }
         if self.session is not None:
@@ -192,6 +196,9 @@ class Manifest:
         data = json.loads(text)
         if data.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"not a weightgen manifest (format {data.get('format')!r}, want {MANIFEST_FORMAT!r})")
+        algorithm = data.get("digestAlgorithm", "sha256")
+        if algorithm not in wire.DIGEST_SIZES or algorithm == "none":
+            raise ValueError(f"a weightgen manifest with an unknown digest algorithm {algorithm!r}")
         session = data.get("session")
         return cls(
             request=json_format.ParseDict(data["request"], pb.MaterializeRequest()),
@@ -201,6 +208,7 @@ class Manifest:
             session=json_format.ParseDict(session, pb.OpenSessionRequest()) if session is not None else None,
             created=data.get("created", ""),
             seconds=float(data.get("seconds", 0.0)),
+            digest_algorithm=algorithm,  # before there was a choice: SHA-256
         )
 
     def placeholder(
@@ -232,6 +240,7 @@ class Manifest:
             session=self.session,
             created="0000-00-00T00:00:00.000000Z" if timed else "",
             seconds=9_999_999.999 if timed else 0.0,
+            digest_algorithm=max(wire.DIGEST_BY_NAME, key=len),
         )
 
 

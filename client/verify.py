@@ -5,14 +5,14 @@ asks for exactly those bytes: by-name variables with their seed as a per-variabl
 same key derivation), sequential ones at their recorded position in a fresh session with the same
 seed. Each tensor is compared three ways: the server's digest against the manifest's, the file's
 bytes against the re-fetched ones, and (so a corrupted file is named even when bytes are equal
-elsewhere) the file's sha256 against the manifest. Rows the manifest says the client zeroed after
-the fetch (``zeroRows``: Embedding padding rows) are zeroed in the fresh tensor before the file is
-compared with it, and such a tensor's file sha256 is not expected to equal the server's digest.
+elsewhere) the file's digest against the manifest, with the manifest's algorithm (the re-fetch asks
+the server for the same one). Rows the manifest says the client zeroed after the fetch
+(``zeroRows``: Embedding padding rows) are zeroed in the fresh tensor before the file is compared
+with it, and such a tensor's file digest is not expected to equal the server's digest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +43,9 @@ def reproduction(manifest: Manifest) -> tuple[pb.MaterializeRequest, pb.OpenSess
     """The request that re-fetches every variable of `manifest`, and the session it needs (only
     for variables at a sequential position; None otherwise)."""
     session = manifest.session
-    request = pb.MaterializeRequest(chunk_bytes=manifest.request.chunk_bytes)
+    request = pb.MaterializeRequest(
+        chunk_bytes=manifest.request.chunk_bytes, digest_algorithm=wire.digest_enum(manifest.digest_algorithm)
+    )
     needs_session = False
     for spec, entry in zip(manifest.request.variables, manifest.variables, strict=True):
         if spec.name != entry.name:
@@ -67,9 +69,9 @@ def reproduction(manifest: Manifest) -> tuple[pb.MaterializeRequest, pb.OpenSess
     return request, session if needs_session else None
 
 
-def _file_digest(view: np.ndarray, block: int = 16 << 20) -> bytes:
+def _file_digest(view: np.ndarray, algorithm: str, block: int = 16 << 20) -> bytes:
     flat = view.reshape(-1).view(np.uint8) if view.size else np.zeros(0, np.uint8)
-    digest = hashlib.sha256()
+    digest = wire.new_digest(algorithm)
     for at in range(0, flat.size, block):
         digest.update(flat[at : at + block])
     return digest.digest()
@@ -126,8 +128,8 @@ def verify_file(
                     differing = int(np.count_nonzero(fresh != on_disk))
                     what = "the server's with the manifest's zero rows" if entry.zero_rows else "the server's"
                     problems.append(f"{differing} of {fresh.size} bytes in the file differ from {what}")
-                if not entry.zero_rows and _file_digest(view).hex() != entry.digest:
-                    problems.append("the file's sha256 differs from the manifest's digest")
+                if not entry.zero_rows and _file_digest(view, manifest.digest_algorithm).hex() != entry.digest:
+                    problems.append(f"the file's {manifest.digest_algorithm} differs from the manifest's digest")
             record(Check(tensor.name, entry.byte_size, tuple(problems)))
     finally:
         if session is not None:

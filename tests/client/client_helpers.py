@@ -9,10 +9,18 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
+import xxhash
 
 
 def digest(array: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8)).digest()
+
+
+def xxh3(data: np.ndarray | bytes) -> bytes:
+    """XXH3-128 of an array's bytes, from the xxhash library (the client's default digest)."""
+    if isinstance(data, np.ndarray):
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    return xxhash.xxh3_128_digest(data)
 
 
 def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:

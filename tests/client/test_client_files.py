@@ -8,7 +8,7 @@ import struct
 import ml_dtypes
 import numpy as np
 import pytest
-from client_helpers import digest, same_bytes
+from client_helpers import same_bytes, xxh3
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -58,12 +58,14 @@ def test_manifest_round_trip(client, tmp_path):
     sent = client.request(VARIABLES)
     assert sent.chunk_bytes  # the client asks for large chunks; the manifest records what, not how
     sent.ClearField("chunk_bytes")
-    assert read.request == sent and read.server == client.target
+    assert sent.digest_algorithm == pb.DIGEST_ALGORITHM_XXH3_128  # the client's default, not part of the manifest
+    sent.ClearField("digest_algorithm")
+    assert read.request == sent and read.server == client.target and read.digest_algorithm == "xxh3_128"
     assert read.generator == "weightgen/1" and len(read.seeds) == 1 and read.seeds[0] != 0
     assert read.created.endswith("Z") and read.seconds > 0 and read.session is None
     arrays = client.materialize(VARIABLES, seed=read.seeds[0])
     for entry in read.variables:
-        assert entry.digest == digest(arrays[entry.name]).hex()
+        assert entry.digest == xxh3(arrays[entry.name]).hex()
         assert entry.byte_size == arrays[entry.name].nbytes
     assert read.variable("shard").slice == [[16, 32], [0, 32]] and read.variable("shard").shape == [64, 32]
     assert read.variable("mask").zero_reason == "" and read.variable("layer.weight").dtype == "float64"

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import ml_dtypes
 import numpy as np
 import pytest
-from client_helpers import digest, same_bytes
+from client_helpers import same_bytes, xxh3
 
 from weightgen.client import Client, DigestMismatchError, Variable, init
 from weightgen.server import engine as eng
@@ -62,7 +61,8 @@ def test_stream_yields_each_tensor_as_it_completes(server):
     assert seen[-1] == (8 * 4 + 256 * 512 * 4,) * 2
     for tensor in (first, *rest):
         assert tensor.info.seed == tensor.seed == 5 and tensor.info.generator == "weightgen/1"
-        assert tensor.digest == digest(tensor.array) == hashlib.sha256(tensor.array.tobytes()).digest()
+        assert tensor.info.digest_algorithm == tensor.digest_algorithm == "xxh3_128"  # the client's default
+        assert tensor.digest == xxh3(tensor.array) == xxh3(tensor.array.tobytes())
 
 
 def test_seed_zero_is_reported_and_reproduces(client):
@@ -101,7 +101,8 @@ def test_iter_chunks_is_the_raw_stream(client):
     chunks = list(client.iter_chunks([Variable("w", (64, 64), "he")], seed=3))
     assert chunks[0].info.name == "w" and chunks[-1].last
     data = b"".join(bytes(c.data) for c in chunks)
-    assert chunks[-1].digest == hashlib.sha256(data).digest()
+    assert chunks[-1].info is None or chunks[-1].info.digest_algorithm == "xxh3_128"
+    assert chunks[-1].digest == xxh3(data)
     assert [c.offset for c in chunks] == list(np.cumsum([0] + [len(c.data) for c in chunks[:-1]]))
 
 
