@@ -1,6 +1,7 @@
 #include "assembler.h"
 
 #include <openssl/evp.h>
+#include <xxhash.h>
 
 #include <sstream>
 
@@ -30,6 +31,20 @@ std::string Sha256(const std::string& bytes) {
   return std::string(reinterpret_cast<const char*>(md), len);
 }
 
+std::string Xxh3_128(const std::string& bytes) {
+  XXH128_canonical_t canonical;
+  XXH128_canonicalFromHash(&canonical, XXH3_128bits(bytes.data(), bytes.size()));
+  return std::string(reinterpret_cast<const char*>(canonical.digest), sizeof(canonical.digest));
+}
+
+std::string DigestOf(const std::string& algorithm, const std::string& bytes, bool* known) {
+  *known = true;
+  if (algorithm == "sha256") return Sha256(bytes);
+  if (algorithm == "xxh3_128") return Xxh3_128(bytes);
+  *known = algorithm == "none";
+  return "";
+}
+
 std::optional<std::string> Assembler::Add(const weightgen::v1::TensorChunk& chunk) {
   const std::size_t i = chunk.variable_index();
   if (i >= tensors_.size()) {
@@ -39,6 +54,10 @@ std::optional<std::string> Assembler::Add(const weightgen::v1::TensorChunk& chun
   if (!t.started) {
     if (!chunk.has_info()) return "variable " + std::to_string(i) + ": first chunk carries no info";
     if (chunk.info().byte_size() < 0) return Describe(i, chunk.info()) + ": negative byte_size";
+    t.algorithm = chunk.info().digest_algorithm().empty() ? "sha256" : chunk.info().digest_algorithm();
+    bool known = false;
+    DigestOf(t.algorithm, "", &known);
+    if (!known) return Describe(i, chunk.info()) + ": unsupported digest algorithm '" + t.algorithm + "'";
     t.started = true;
     t.info = chunk.info();
     t.data.assign(static_cast<std::size_t>(t.info.byte_size()), '\0');
@@ -60,9 +79,11 @@ std::optional<std::string> Assembler::Add(const weightgen::v1::TensorChunk& chun
       return Describe(i, t.info) + ": last chunk at " + std::to_string(t.next) + " of " +
              std::to_string(t.data.size()) + " bytes";
     }
-    std::string sum = Sha256(t.data);
+    bool known = false;
+    std::string sum = DigestOf(t.algorithm, t.data, &known);
     if (sum != chunk.digest()) {
-      return Describe(i, t.info) + ": digest mismatch: computed " + Hex(sum) + ", server sent " + Hex(chunk.digest());
+      return Describe(i, t.info) + ": " + t.algorithm + " digest mismatch: computed " + Hex(sum) + ", server sent " +
+             Hex(chunk.digest());
     }
     t.digest = sum;
     t.done = true;
@@ -81,7 +102,8 @@ std::vector<std::string> Assembler::Lines(std::string* error) const {
     std::ostringstream line;
     line << t.info.name() << '\t';
     for (int d = 0; d < t.info.shape_size(); ++d) line << (d ? "," : "") << t.info.shape(d);
-    line << '\t' << weightgen::v1::DType_Name(t.info.dtype()) << '\t' << t.data.size() << '\t' << Hex(t.digest);
+    line << '\t' << weightgen::v1::DType_Name(t.info.dtype()) << '\t' << t.data.size() << '\t'
+         << (t.algorithm == "none" ? std::string("-") : Hex(t.digest));
     lines.push_back(line.str());
   }
   return lines;

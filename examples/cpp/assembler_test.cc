@@ -7,7 +7,9 @@
 
 using weightgen::v1::TensorChunk;
 using weightgen_example::Assembler;
+using weightgen_example::Hex;
 using weightgen_example::Sha256;
+using weightgen_example::Xxh3_128;
 
 namespace {
 
@@ -32,6 +34,17 @@ TensorChunk Chunk(int index, long offset, const std::string& data, const char* n
     c.mutable_info()->add_shape(size);
   }
   return c;
+}
+
+TensorChunk WithAlgorithm(TensorChunk c, const std::string& algorithm) {
+  c.mutable_info()->set_digest_algorithm(algorithm);
+  return c;
+}
+
+std::string Unhex(const std::string& hex) {
+  std::string out;
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  return out;
 }
 
 TensorChunk Last(TensorChunk c, const std::string& digest) {
@@ -73,6 +86,26 @@ int main() {
   Check(Rejects({Last(Chunk(0, 0, "xy"), Sha256("xy"))}), "no info");
   Check(Rejects({Last(Chunk(5, 0, "", "v", 0), Sha256(""))}), "index out of range");
   Check(Rejects({Chunk(0, 0, "x", "v", 2)}), "incomplete");
+
+  // XXH3-128 of "" and "abc" in canonical form, as Python's xxhash and `xxhsum -H2` print them.
+  const std::string kEmpty = "99aa06d3014798d86001c324468d497f", kAbc = "06b05ab6733a618578af5f94892f3950";
+  Check(Hex(Xxh3_128("abc")) == kAbc, "xxh3_128(abc): " + Hex(Xxh3_128("abc")));
+  Assembler x3(3);
+  Check(!x3.Add(WithAlgorithm(Chunk(0, 0, "ab", "abc", 3), "xxh3_128")), "first chunk of abc");
+  Check(!x3.Add(Last(WithAlgorithm(Chunk(1, 0, "", "empty", 0), "xxh3_128"), Unhex(kEmpty))), "xxh3 zero-size");
+  Check(!x3.Add(Last(Chunk(0, 2, "c"), Unhex(kAbc))), "last chunk of abc");
+  Check(!x3.Add(Last(WithAlgorithm(Chunk(2, 0, "xyz", "none", 3), "none"), "")), "none");
+  error.clear();
+  lines = x3.Lines(&error);
+  Check(error.empty() && lines.size() == 3 && lines[0] == "abc\t3\tDTYPE_INT8\t3\t" + kAbc &&
+            lines[1] == "empty\t0\tDTYPE_INT8\t0\t" + kEmpty && lines[2] == "none\t3\tDTYPE_INT8\t3\t-",
+        "xxh3 and none lines");
+  std::string flipped = Unhex(kAbc);
+  flipped[15] ^= 1;
+  Check(Rejects({Last(WithAlgorithm(Chunk(0, 0, "abc", "v", 3), "xxh3_128"), flipped)}), "xxh3 mismatch");
+  Check(Rejects({Last(WithAlgorithm(Chunk(0, 0, "abc", "v", 3), "xxh3_128"), Sha256("abc"))}), "sha256 for xxh3");
+  Check(Rejects({Last(WithAlgorithm(Chunk(0, 0, "abc", "v", 3), "crc32"), "")}), "unknown algorithm");
+  Check(Rejects({Last(WithAlgorithm(Chunk(0, 0, "abc", "v", 3), "none"), Unhex(kAbc))}), "digest with none");
 
   std::cout << (failures ? "FAILED" : "ok") << "\n";
   return failures ? 1 : 0;

@@ -1,15 +1,16 @@
 // weightgen-cpp: materialises a batch from a weightgen server, reassembles each tensor from its
 // chunks, verifies each digest and prints one line per variable:
 //
-//   name<TAB>shape<TAB>dtype<TAB>byte_size<TAB>sha256
+//   name<TAB>shape<TAB>dtype<TAB>byte_size<TAB>digest (hex, of --digest: sha256 by default; "-" for none)
 //
-// Usage: weightgen-cpp [--server HOST:PORT] [--timeout SECONDS] REQUEST.json
+// Usage: weightgen-cpp [--server HOST:PORT] [--timeout SECONDS] [--digest sha256|xxh3_128|none] REQUEST.json
 //
 // REQUEST.json is a MaterializeRequest in protobuf's JSON form. On a gRPC error it prints
 // "error: CODE message" to stderr and exits 1; on a bad stream (a digest mismatch, a gap), exits 2.
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -32,7 +33,8 @@ const char* CodeName(grpc::StatusCode code) {
 }
 
 int Usage(const char* argv0) {
-  std::cerr << "usage: " << argv0 << " [--server HOST:PORT] [--timeout SECONDS] REQUEST.json\n";
+  std::cerr << "usage: " << argv0
+            << " [--server HOST:PORT] [--timeout SECONDS] [--digest sha256|xxh3_128|none] REQUEST.json\n";
   return 2;
 }
 
@@ -41,13 +43,13 @@ int Usage(const char* argv0) {
 int main(int argc, char** argv) {
   std::string server = "127.0.0.1:50051";
   int timeout_s = 120;
-  std::string path;
+  std::string path, digest;
   for (int a = 1; a < argc; ++a) {
     const std::string arg = argv[a];
     std::string value;
-    if ((arg == "--server" || arg == "--timeout") && a + 1 < argc) {
+    if ((arg == "--server" || arg == "--timeout" || arg == "--digest") && a + 1 < argc) {
       value = argv[++a];
-    } else if (arg.rfind("--server=", 0) == 0 || arg.rfind("--timeout=", 0) == 0) {
+    } else if (arg.rfind("--server=", 0) == 0 || arg.rfind("--timeout=", 0) == 0 || arg.rfind("--digest=", 0) == 0) {
       value = arg.substr(arg.find('=') + 1);
     } else if (!arg.empty() && arg[0] != '-' && path.empty()) {
       path = arg;
@@ -57,6 +59,9 @@ int main(int argc, char** argv) {
     }
     if (arg.rfind("--server", 0) == 0) {
       server = value;
+    } else if (arg.rfind("--digest", 0) == 0) {
+      digest = value;
+      if (digest != "sha256" && digest != "xxh3_128" && digest != "none") return Usage(argv[0]);
     } else {
       timeout_s = std::atoi(value.c_str());
       if (timeout_s <= 0) return Usage(argv[0]);
@@ -76,6 +81,13 @@ int main(int argc, char** argv) {
   if (!parsed.ok()) {
     std::cerr << "error: " << path << ": " << parsed.ToString() << "\n";
     return 2;
+  }
+  if (!digest.empty()) {
+    std::string upper;
+    for (char c : digest) upper.push_back(static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
+    weightgen::v1::DigestAlgorithm algorithm;
+    weightgen::v1::DigestAlgorithm_Parse("DIGEST_ALGORITHM_" + upper, &algorithm);
+    request.set_digest_algorithm(algorithm);
   }
 
   auto channel = grpc::CreateChannel(server, grpc::InsecureChannelCredentials());

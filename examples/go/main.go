@@ -1,9 +1,9 @@
 // Command weightgen-go materialises a batch from a weightgen server, reassembles each tensor from its
 // chunks, verifies each digest and prints one line per variable:
 //
-//	name<TAB>shape<TAB>dtype<TAB>byte_size<TAB>sha256
+//	name<TAB>shape<TAB>dtype<TAB>byte_size<TAB>digest (hex, of --digest: sha256 by default; "-" for none)
 //
-// Usage: weightgen-go [--server HOST:PORT] [--timeout SECONDS] REQUEST.json
+// Usage: weightgen-go [--server HOST:PORT] [--timeout SECONDS] [--digest sha256|xxh3_128|none] REQUEST.json
 //
 // REQUEST.json is a MaterializeRequest in protobuf's JSON form. On a gRPC error it prints
 // "error: CODE message" to stderr and exits 1; on a bad stream (a digest mismatch, a gap), exits 2.
@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/golang/protobuf/jsonpb"
@@ -55,12 +56,15 @@ func readRequest(path string) (*wg.MaterializeRequest, error) {
 func run() int {
 	server := flag.String("server", "127.0.0.1:50051", "weightgen server address, HOST:PORT")
 	timeout := flag.Int("timeout", 120, "deadline for the whole call, in seconds")
+	digest := flag.String("digest", "", "digest to ask for and verify: sha256, xxh3_128 or none (default: the request's, else sha256)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: %s [--server HOST:PORT] [--timeout SECONDS] REQUEST.json\n", os.Args[0])
+		fmt.Fprintf(flag.CommandLine.Output(),
+			"usage: %s [--server HOST:PORT] [--timeout SECONDS] [--digest sha256|xxh3_128|none] REQUEST.json\n", os.Args[0])
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if flag.NArg() != 1 || *timeout <= 0 {
+	algorithm, known := wg.DigestAlgorithm_value["DIGEST_ALGORITHM_"+strings.ToUpper(*digest)]
+	if flag.NArg() != 1 || *timeout <= 0 || (*digest != "" && (!known || algorithm == 0)) {
 		flag.Usage()
 		return 2
 	}
@@ -68,6 +72,9 @@ func run() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 2
+	}
+	if *digest != "" {
+		req.DigestAlgorithm = wg.DigestAlgorithm(algorithm)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(*timeout)*time.Second)

@@ -11,13 +11,23 @@ import (
 	wg "weightgen/v1"
 )
 
+// digests are the algorithms TensorInfo.digest_algorithm may name, besides "none" (no digest).
+var digests = map[string]func([]byte) []byte{
+	"sha256": func(b []byte) []byte {
+		s := sha256.Sum256(b)
+		return s[:]
+	},
+	"xxh3_128": xxh3Sum128,
+}
+
 // tensor is one variable being reassembled from its chunks.
 type tensor struct {
-	info   *wg.TensorInfo
-	data   []byte
-	next   int64 // the offset the next chunk must start at
-	done   bool
-	digest []byte
+	info      *wg.TensorInfo
+	algorithm string // of its digest: TensorInfo.digest_algorithm, "sha256" when empty
+	data      []byte
+	next      int64 // the offset the next chunk must start at
+	done      bool
+	digest    []byte
 }
 
 // Assembler reassembles the variables of one Materialize stream and verifies their digests.
@@ -31,7 +41,8 @@ func NewAssembler(n int) *Assembler {
 }
 
 // Add takes one chunk: info on a variable's first chunk, data at its absolute offset (chunks of one
-// variable in offset order), digest on its last, which is checked against the reassembled bytes.
+// variable in offset order), digest on its last, which is checked against the reassembled bytes
+// with the algorithm the info names (sha256, xxh3_128; none: the digest must be empty).
 func (a *Assembler) Add(c *wg.TensorChunk) error {
 	i := int(c.GetVariableIndex())
 	if i >= len(a.tensors) {
@@ -46,7 +57,14 @@ func (a *Assembler) Add(c *wg.TensorChunk) error {
 		if size < 0 {
 			return fmt.Errorf("variable %d: negative byte_size %d", i, size)
 		}
-		t = &tensor{info: c.GetInfo(), data: make([]byte, size)}
+		algorithm := c.GetInfo().GetDigestAlgorithm()
+		if algorithm == "" {
+			algorithm = "sha256"
+		}
+		if _, ok := digests[algorithm]; !ok && algorithm != "none" {
+			return fmt.Errorf("variable %d: unsupported digest algorithm %q", i, algorithm)
+		}
+		t = &tensor{info: c.GetInfo(), algorithm: algorithm, data: make([]byte, size)}
 		a.tensors[i] = t
 	} else if c.GetInfo() != nil {
 		return fmt.Errorf("variable %d (%q): info on a chunk that is not the first", i, t.info.GetName())
@@ -66,18 +84,23 @@ func (a *Assembler) Add(c *wg.TensorChunk) error {
 		if t.next != int64(len(t.data)) {
 			return fmt.Errorf("variable %d (%q): last chunk at %d of %d bytes", i, name, t.next, len(t.data))
 		}
-		sum := sha256.Sum256(t.data)
-		if !bytes.Equal(sum[:], c.GetDigest()) {
-			return fmt.Errorf("variable %d (%q): digest mismatch: computed %x, server sent %x", i, name, sum, c.GetDigest())
+		var sum []byte
+		if t.algorithm != "none" {
+			sum = digests[t.algorithm](t.data)
+		}
+		if !bytes.Equal(sum, c.GetDigest()) {
+			return fmt.Errorf("variable %d (%q): %s digest mismatch: computed %x, server sent %x",
+				i, name, t.algorithm, sum, c.GetDigest())
 		}
 		t.done = true
-		t.digest = sum[:]
+		t.digest = sum
 	}
 	return nil
 }
 
 // Lines returns one line per variable, in request order, once every variable is complete:
-// name TAB shape (comma-separated) TAB dtype TAB byte size TAB sha256 hex.
+// name TAB shape (comma-separated) TAB dtype TAB byte size TAB the verified digest in hex (of the
+// algorithm asked for: sha256 by default; "-" for none).
 func (a *Assembler) Lines() ([]string, error) {
 	lines := make([]string, 0, len(a.tensors))
 	for i, t := range a.tensors {
@@ -88,12 +111,16 @@ func (a *Assembler) Lines() ([]string, error) {
 		for j, d := range t.info.GetShape() {
 			dims[j] = strconv.FormatInt(d, 10)
 		}
+		digest := hex.EncodeToString(t.digest)
+		if t.algorithm == "none" {
+			digest = "-"
+		}
 		lines = append(lines, strings.Join([]string{
 			t.info.GetName(),
 			strings.Join(dims, ","),
 			t.info.GetDtype().String(),
 			strconv.Itoa(len(t.data)),
-			hex.EncodeToString(t.digest),
+			digest,
 		}, "\t"))
 	}
 	return lines, nil

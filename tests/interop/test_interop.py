@@ -2,8 +2,10 @@
 
 Run by `make test-interop` (not by `make test`), after examples/interop/setup.sh has installed the
 toolchains and built the clients into build/interop/. Every client materialises
-examples/interop/request.json and must print, per variable, the same shape, dtype, byte size and
-sha256 as the Python reference computed here from the raw generated stubs.
+examples/interop/request.json with each digest algorithm (none named: the server's default, sha256;
+`--digest sha256`, `xxh3_128`, `none`) and must print, per variable, the same shape, dtype, byte size
+and digest as the Python reference computed here from the raw generated stubs, whose digests are
+checked with libraries (hashlib, xxhash).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import xxhash
 from google.protobuf import json_format
 
 from weightgen.v1 import weightgen_pb2 as pb
@@ -30,6 +33,13 @@ BAD_REQUEST = INTEROP / "bad_request.json"
 BUILD = Path(os.environ.get("WEIGHTGEN_INTEROP_BUILD", ROOT / "build" / "interop"))
 GRPCURL = ROOT / ".venv" / "bin" / "grpcurl"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+LIBRARY = {
+    "sha256": lambda data: hashlib.sha256(data).digest(),
+    "xxh3_128": xxhash.xxh3_128_digest,
+    "none": lambda data: b"",
+}
+DIGESTS = ["default", "sha256", "xxh3_128", "none"]
+"""What the clients are run with: no --digest (the request names none: the server's sha256), or --digest X."""
 
 CLIENTS = {
     "node": [shutil.which("node") or "node", str(ROOT / "examples" / "node" / "bin" / "weightgen-node.js")],
@@ -53,10 +63,26 @@ def save(client: str, lines: list[str]) -> None:
     (out / f"{client}.tsv").write_text("".join(f"{line}\n" for line in lines))
 
 
+def digest_flag(digest: str) -> list[str]:
+    return [] if digest == "default" else ["--digest", digest]
+
+
 @pytest.fixture(scope="module")
-def reference(server) -> list[str]:
-    """The Python client's lines: name, shape, dtype, byte size, sha256, from the raw stub."""
+def references(server) -> dict[str, list[str]]:
+    return {digest: python_lines(server, digest) for digest in DIGESTS}
+
+
+@pytest.fixture(scope="module")
+def reference(references) -> list[str]:
+    return references["default"]
+
+
+def python_lines(server, digest: str) -> list[str]:
+    """The Python client's lines: name, shape, dtype, byte size, digest hex ('-' for none), from the raw stub."""
     request = load_request(REQUEST)
+    algorithm = "sha256" if digest == "default" else digest
+    if digest != "default":
+        request.digest_algorithm = pb.DigestAlgorithm.Value(f"DIGEST_ALGORITHM_{algorithm.upper()}")
     with grpc.insecure_channel(server.address) as channel:
         chunks = list(weightgen_pb2_grpc.WeightGenStub(channel).Materialize(request, timeout=120))
     infos: dict[int, pb.TensorInfo] = {}
@@ -75,12 +101,13 @@ def reference(server) -> list[str]:
     lines = []
     for i, spec in enumerate(request.variables):
         info, data = infos[i], bytes(buffers[i])
-        assert info.name == spec.name
-        assert hashlib.sha256(data).digest() == digests[i], spec.name
+        assert info.name == spec.name and info.digest_algorithm == algorithm
+        assert LIBRARY[algorithm](data) == digests[i], spec.name
         assert len(data) == info.byte_size, spec.name
         shape = ",".join(str(d) for d in info.shape)
-        lines.append(f"{info.name}\t{shape}\t{pb.DType.Name(info.dtype)}\t{len(data)}\t{digests[i].hex()}")
-    save("python", lines)
+        hexdigest = digests[i].hex() if algorithm != "none" else "-"
+        lines.append(f"{info.name}\t{shape}\t{pb.DType.Name(info.dtype)}\t{len(data)}\t{hexdigest}")
+    save(f"python-{digest}", lines)
     return lines
 
 
@@ -94,17 +121,31 @@ def test_request_covers_the_wire_formats():
     assert any(0 in v.shape for v in specs), "a zero-size tensor"
 
 
-def test_reference_has_a_zero_size_variable(reference):
+def test_reference_has_a_zero_size_variable(reference, references):
     assert any(line.split("\t")[3] == "0" and line.endswith(EMPTY_SHA256) for line in reference)
+    assert references["sha256"] == reference, "a request that names no algorithm gets sha256"
+    empty_xxh3 = xxhash.xxh3_128_hexdigest(b"")
+    assert any(line.split("\t")[3] == "0" and line.endswith(empty_xxh3) for line in references["xxh3_128"])
+    # The same variables whatever the digest; only the digest column differs.
+    columns = {digest: [line.rsplit("\t", 1)[0] for line in lines] for digest, lines in references.items()}
+    assert len({tuple(c) for c in columns.values()}) == 1
+    assert all(line.endswith("\t-") for line in references["none"])
+
+
+@pytest.mark.parametrize("digest", DIGESTS)
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_client_prints_the_python_digests(client, digest, server, references):
+    result = run([*CLIENTS[client], "--server", server.address, *digest_flag(digest), str(REQUEST)])
+    assert result.returncode == 0, f"{client} --digest {digest} exited {result.returncode}:\n{result.stderr}"
+    lines = result.stdout.splitlines()
+    save(f"{client}-{digest}", lines)
+    assert lines == references[digest], f"{client} differs from the Python client with digest {digest}"
 
 
 @pytest.mark.parametrize("client", sorted(CLIENTS))
-def test_client_prints_the_python_digests(client, server, reference):
-    result = run([*CLIENTS[client], "--server", server.address, str(REQUEST)])
-    assert result.returncode == 0, f"{client} exited {result.returncode}:\n{result.stderr}"
-    lines = result.stdout.splitlines()
-    save(client, lines)
-    assert lines == reference, f"{client} differs from the Python client"
+def test_client_refuses_an_unknown_digest(client, server):
+    result = run([*CLIENTS[client], "--server", server.address, "--digest", "crc32", str(REQUEST)])
+    assert result.returncode == 2 and result.stdout == "", result.stderr
 
 
 @pytest.mark.parametrize("client", sorted(CLIENTS))
@@ -152,11 +193,15 @@ def test_grpcurl_describes_the_service(server):
     )
 
 
-def test_grpcurl_materialize(server):
+@pytest.mark.parametrize("digest", DIGESTS)
+def test_grpcurl_materialize(server, digest):
     request = {
         "seed": "42",
         "variables": [{"name": "w", "shape": ["2", "3"], "dtype": "DTYPE_FLOAT32", "initializer": {"heNormal": {}}}],
     }
+    algorithm = "sha256" if digest == "default" else digest
+    if digest != "default":
+        request["digestAlgorithm"] = f"DIGEST_ALGORITHM_{algorithm.upper()}"
     result = grpcurl("-d", json.dumps(request), server.address, "weightgen.v1.WeightGen/Materialize")
     assert result.returncode == 0, result.stderr
     decoder, text, chunks = json.JSONDecoder(), result.stdout.strip(), []
@@ -166,8 +211,9 @@ def test_grpcurl_materialize(server):
         text = text[end:].strip()
     assert chunks[0]["info"]["name"] == "w" and int(chunks[0]["info"]["byte_size"]) == 24
     assert chunks[-1]["last"] is True
+    assert chunks[0]["info"]["digest_algorithm"] == algorithm
     data = b"".join(base64.b64decode(c.get("data", "")) for c in chunks)
-    assert hashlib.sha256(data).digest() == base64.b64decode(chunks[-1]["digest"])
+    assert len(data) == 24 and LIBRARY[algorithm](data) == base64.b64decode(chunks[-1].get("digest", ""))
 
 
 def test_grpcurl_reports_the_invalid_spec(server):

@@ -1,12 +1,12 @@
 #!/usr/bin/env node
 // Materialises a batch from a weightgen server and prints one line per variable, in request order:
-//   name<TAB>shape<TAB>dtype<TAB>byte_size<TAB>sha256
+//   name<TAB>shape<TAB>dtype<TAB>byte_size<TAB>digest (hex, of --digest: sha256 by default; '-' for none)
 // On a gRPC error: "error: CODE message" on stderr, exit 1. On a bad stream or request file: exit 2.
 import { parseArgs } from 'node:util';
 
 import { codeName, connect, formatLine, materialize, readRequest } from '../lib/client.js';
 
-const USAGE = 'usage: weightgen-node [--server HOST:PORT] [--timeout SECONDS] REQUEST.json';
+const USAGE = 'usage: weightgen-node [--server HOST:PORT] [--timeout SECONDS] [--digest sha256|xxh3_128|none] REQUEST.json';
 
 async function main() {
   let parsed;
@@ -15,6 +15,7 @@ async function main() {
       options: {
         server: { type: 'string', default: '127.0.0.1:50051' },
         timeout: { type: 'string', default: '120' },
+        digest: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       allowPositionals: true,
@@ -29,7 +30,8 @@ async function main() {
     return 0;
   }
   const timeoutSeconds = Number(values.timeout);
-  if (positionals.length !== 1 || !(timeoutSeconds > 0)) {
+  const digests = ['sha256', 'xxh3_128', 'none'];
+  if (positionals.length !== 1 || !(timeoutSeconds > 0) || (values.digest !== undefined && !digests.includes(values.digest))) {
     console.error(USAGE);
     return 2;
   }
@@ -42,7 +44,7 @@ async function main() {
   }
   const client = connect(values.server);
   try {
-    const results = await materialize(client, request, { timeoutSeconds });
+    const results = await materialize(client, request, { timeoutSeconds, digest: values.digest });
     process.stdout.write(results.map((r) => `${formatLine(r)}\n`).join(''));
     return 0;
   } catch (err) {

@@ -8,9 +8,9 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 
-import { Assembler } from './assembler.js';
+import { Assembler, DIGEST_ALGORITHMS, digesters } from './assembler.js';
 
-export { Assembler, StreamError, formatLine } from './assembler.js';
+export { Assembler, DIGEST_ALGORITHMS, StreamError, digesters, formatLine } from './assembler.js';
 
 /** The directory holding weightgen/v1/weightgen.proto: the repository's proto/, or $WEIGHTGEN_PROTO_ROOT. */
 export const PROTO_ROOT =
@@ -90,12 +90,18 @@ export function connect(address, credentials = grpc.credentials.createInsecure()
 
 /**
  * Materialises a batch: resolves to one result per variable, in request order, each reassembled
- * and digest-checked. Rejects with the gRPC error (err.code, err.details) or a StreamError.
+ * and digest-checked. `digest` ('sha256', 'xxh3_128' or 'none') replaces the request's
+ * digestAlgorithm; without it the request's applies (the server's default: sha256). Rejects with
+ * the gRPC error (err.code, err.details) or a StreamError.
  */
-export async function materialize(client, request, { timeoutSeconds = 120 } = {}) {
+export async function materialize(client, request, { timeoutSeconds = 120, digest } = {}) {
+  if (digest !== undefined) {
+    if (!(digest in DIGEST_ALGORITHMS)) throw new TypeError(`unknown digest algorithm '${digest}'`);
+    request = { ...request, digestAlgorithm: DIGEST_ALGORITHMS[digest] };
+  }
+  const assembler = new Assembler((request.variables ?? []).length, await digesters());
   const deadline = new Date(Date.now() + timeoutSeconds * 1000);
   const call = client.Materialize(request, { deadline });
-  const assembler = new Assembler((request.variables ?? []).length);
   try {
     for await (const chunk of call) assembler.add(chunk);
   } catch (err) {

@@ -79,6 +79,18 @@ describe('against a server', { skip: available ? false : 'set WEIGHTGEN_SERVER o
     assert.equal(empty[4], 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855');
   });
 
+  test('--digest xxh3_128 and none: the same variables, verified with XXH3-128 or not at all', { timeout: 120_000 }, () => {
+    const sha = run('--server', server.address, REQUEST).stdout.trimEnd().split('\n').map((l) => l.split('\t'));
+    for (const digest of ['xxh3_128', 'none']) {
+      const out = run('--server', server.address, '--digest', digest, REQUEST);
+      assert.equal(out.status, 0, out.stderr);
+      const lines = out.stdout.trimEnd().split('\n').map((l) => l.split('\t'));
+      assert.deepEqual(lines.map((l) => l.slice(0, 4)), sha.map((l) => l.slice(0, 4)));
+      for (const l of lines) assert.match(l[4], digest === 'none' ? /^-$/ : /^[0-9a-f]{32}$/, l[0]);
+      if (digest === 'xxh3_128') assert.equal(lines.find((l) => l[3] === '0')[4], '99aa06d3014798d86001c324468d497f');
+    }
+  });
+
   test('prints the status code and message of a server error and exits non-zero', { timeout: 60_000 }, () => {
     const out = run('--server', server.address, BAD_REQUEST);
     assert.equal(out.status, 1);
