@@ -25,6 +25,14 @@ GB/s counts tensor bytes (1e9 per GB). Besides wall time, each fastest run's CPU
 system, every thread, from /proc/<pid>/stat and `time.process_time`) per GiB show where the time
 goes, which the wall time alone cannot on a machine shared with other work.
 Goal (issue): e2e >= 0.8x in-process.
+
+    .venv/bin/python bench/e2e_fetch.py --cached [--mib 96] [--repeats 5]
+
+`--cached` measures the fetch that does no generation instead: the server keeps the tensor in its
+block cache (and its digests on its digest board) after one warm-up fetch per digest algorithm, and
+`Client.materialize` with its defaults (XXH3-128 digest, verified, the largest chunk) is compared
+with the bare wire for the same bytes and chunk size; also SHA-256 (the default before XXH3-128) and
+XXH3-128 unverified. Goal (issue 13): the default client >= 0.9x the bare wire.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ CHUNKS = (256 * KiB, MiB, wire.MAX_CHUNK_BYTES)
 MATERIALIZE = "/weightgen.v1.WeightGen/Materialize"
 RAW = "/bench.Raw/Stream"
 GOAL = 0.8
+CACHED_GOAL = 0.9
 SEED = 1234
 
 
@@ -216,6 +225,105 @@ def try_client(address: str, shape, chunk_bytes: int, repeats: int, nbytes: int)
         return None, f"Client.materialize failed: {type(error).__name__}: {error}"
 
 
+def cached(mib: int, repeats: int) -> None:
+    """The generation-free fetch (issue 13, goal 1): the default Client against the bare wire."""
+    from weightgen.client import Client
+
+    nbytes = mib * MiB
+    shape = shape_for(mib)
+    chunk_bytes = wire.MAX_CHUNK_BYTES  # the Client's default
+    workdir = Path(tempfile.mkdtemp(prefix="weightgen-e2e-cached-"))
+    server = launch(
+        workdir / "server",
+        *("--devices", "auto", "--warm-precisions", "float32", "--cache-bytes", str(4 * nbytes)),
+        cache_dir=workdir / "xla-cache",
+    )
+    raw_proc, raw_port = start_raw(workdir)
+    buffer = np.empty(nbytes, np.uint8)
+    view = memoryview(buffer)
+    variants = {
+        "Client() default: xxh3_128, verified": {},
+        "Client(digest='sha256'), verified": {"digest": "sha256"},
+        "Client(verify=False): xxh3_128 unverified": {"verify": False},
+        "Client(digest='none')": {"digest": "none"},
+    }
+    times: dict[str, list[float]] = {"bare wire": [], **{name: [] for name in variants}}
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in times}  # (server, client) CPU seconds
+    clients = {name: Client(server.address, timeout=600, **kwargs) for name, kwargs in variants.items()}
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{raw_port}") as raw:
+            stream = raw.unary_stream(RAW, request_serializer=None, response_deserializer=None)
+
+            def bare() -> float:
+                t = time.perf_counter()
+                got, _ = receive(stream(json.dumps({"total": nbytes, "chunk_bytes": chunk_bytes}).encode()), view)
+                assert got == nbytes
+                return time.perf_counter() - t
+
+            def fetch(client: Client) -> tuple[float, np.ndarray]:
+                t = time.perf_counter()
+                (array,) = client.materialize(request(shape, 0)).values()
+                return time.perf_counter() - t, array
+
+            bare()
+            reference = None
+            for name, client in clients.items():  # warm-up: the block cache and each algorithm's digest
+                _, array = fetch(client)
+                digest = hashlib.sha256(array.view(np.uint8)).digest()
+                assert reference is None or digest == reference, f"{name}: different bytes"
+                reference = digest
+            hits, misses = server.metric("weightgen_cache_hits_total"), server.metric("weightgen_cache_misses_total")
+            # Interleaved, so that every variant sees the same load on a shared machine.
+            for _ in range(repeats):
+                seconds, server_cpu, client_cpu = timed(raw_proc.pid, lambda: times["bare wire"].append(bare()))
+                cpu["bare wire"].append((server_cpu, client_cpu))
+                for name, client in clients.items():
+                    _, server_cpu, client_cpu = timed(
+                        server.proc.pid, lambda name=name, client=client: times[name].append(fetch(client)[0])
+                    )
+                    cpu[name].append((server_cpu, client_cpu))
+            assert server.metric("weightgen_cache_misses_total") == misses, "a timed fetch generated"
+            assert server.metric("weightgen_cache_hits_total") > hits, "the timed fetches missed the block cache"
+        results = {name: min(seconds) for name, seconds in times.items()}
+        medians = {name: float(np.median(seconds)) for name, seconds in times.items()}
+    finally:
+        for client in clients.values():
+            client.close()
+        raw_proc.terminate()
+        raw_proc.wait(30)
+        code = server.stop()
+        if code != 0:
+            print(server.log()[-4000:], file=sys.stderr)
+    wire_gbps = gbps(nbytes, results["bare wire"])
+    wire_median = gbps(nbytes, medians["bare wire"])
+    print(f"Command: .venv/bin/python bench/e2e_fetch.py --cached --mib {mib} --repeats {repeats}")
+    print(
+        f"Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.python_version()}; 1-minute load average at the end {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"Tensor: random_normal float32 {list(shape)} ({nbytes / 1e9:.3f} GB) from the block cache; "
+        f"chunk {label(chunk_bytes)}; {repeats} interleaved runs of each"
+    )
+    print()
+    print("| fetch | best GB/s | best / bare wire | median GB/s | median / bare wire | CPU s/GiB server | client |")
+    print("|---|---|---|---|---|---|---|")
+    gib = nbytes / 2**30
+    for name, seconds in results.items():
+        best, median = gbps(nbytes, seconds), gbps(nbytes, medians[name])
+        server_cpu, client_cpu = (float(np.median(column)) / gib for column in zip(*cpu[name], strict=True))
+        print(
+            f"| {name} | {best:.3f} | {best / wire_gbps:.2f}x | {median:.3f} | {median / wire_median:.2f}x "
+            f"| {server_cpu:.2f} | {client_cpu:.2f} |"
+        )
+    ratio = gbps(nbytes, results["Client() default: xxh3_128, verified"]) / wire_gbps
+    print()
+    print(
+        f"Goal default Client >= {CACHED_GOAL}x the bare wire: {ratio:.2f}x, "
+        f"{'met' if ratio >= CACHED_GOAL else 'NOT met'}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -223,7 +331,10 @@ def main() -> None:
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--raw-server", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--cached", action="store_true", help="the generation-free fetch against the bare wire")
     args = parser.parse_args()
+    if args.cached:
+        return cached(args.mib if args.mib != 1024 else 96, args.repeats)
     if args.in_process:
         return in_process(args.mib, args.repeats, args.cache_dir)
     if args.raw_server:
