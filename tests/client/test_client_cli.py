@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_helpers import same_bytes
+from client_helpers import same_bytes, xxh3
 from safetensors.numpy import load_file
 
 from weightgen.client import read_manifest
@@ -87,6 +88,23 @@ def test_fetch_shorthand_with_seed_and_streams(server, tmp_path, client):
     assert all(same_bytes(loaded[k], expected[k]) for k in expected)
     assert loaded["conv.weight"].dtype.name == "bfloat16" and loaded["head"].shape == (2, 10)
     assert read_manifest(out).seeds == [9]
+
+
+@pytest.mark.parametrize("digest", ["sha256", "none"])
+def test_fetch_digest_option(server, tmp_path, digest, fetched):
+    out = tmp_path / f"mlp-{digest}.safetensors"
+    weightgen("fetch", str(MLP), "-o", str(out), "--digest", digest, "--server", server.address, "--no-progress")
+    manifest, default = read_manifest(out), read_manifest(fetched[0])
+    assert default.digest_algorithm == "xxh3_128"  # without --digest
+    assert manifest.digest_algorithm == ("sha256" if digest == "sha256" else "xxh3_128")  # none: the client's XXH3
+    loaded = load_file(out)
+    for entry, before in zip(manifest.variables, default.variables, strict=True):
+        data = np.ascontiguousarray(loaded[entry.name]).reshape(-1).view(np.uint8).tobytes()
+        expected = hashlib.sha256(data).hexdigest() if digest == "sha256" else xxh3(data).hex()
+        assert entry.digest == expected, entry.name
+        assert (entry.digest == before.digest) == (digest == "none"), entry.name
+    bad = weightgen("fetch", str(MLP), "-o", str(out), "--digest", "crc32", "--server", server.address, check=False)
+    assert bad.returncode != 0 and "crc32" in bad.stderr
 
 
 def test_list(server):

@@ -609,6 +609,22 @@ REQUEST_CASES = [
         ("MaterializeRequest.chunk_bytes",),
     ),
     Case(
+        "digest_algorithm unknown",
+        "Materialize",
+        pb.MaterializeRequest(seed=1, variables=[GOOD], digest_algorithm=4),
+        BAD,
+        "digest_algorithm",
+        ("MaterializeRequest.digest_algorithm",),
+    ),
+    Case(
+        "digest_algorithm negative",
+        "Materialize",
+        pb.MaterializeRequest(seed=1, variables=[GOOD], digest_algorithm=-1),
+        BAD,
+        "digest_algorithm",
+        ("MaterializeRequest.digest_algorithm",),
+    ),
+    Case(
         "session and a request seed",
         "Materialize",
         lambda s: pb.MaterializeRequest(session_id=s.open(seed=4), seed=4, variables=[GOOD]),
