@@ -74,6 +74,13 @@ Progress = Callable[[int, int], None]
 """progress(bytes received so far, bytes in the whole fetch)."""
 Fault = Callable[[int, wire.Chunk], wire.Chunk | None]
 """Tests only: fault(attempt, chunk) -> the chunk to use, or None to cut the stream there."""
+Interceptor = (
+    grpc.UnaryUnaryClientInterceptor
+    | grpc.UnaryStreamClientInterceptor
+    | grpc.StreamUnaryClientInterceptor
+    | grpc.StreamStreamClientInterceptor
+)
+"""A gRPC client interceptor, as `grpc.intercept_channel` takes them."""
 
 
 class _Calls:
@@ -366,7 +373,14 @@ class Client:
     and every retried call waits for a server to be ready (gRPC's wait_for_ready) for at most the
     budget left. INTERNAL and UNKNOWN without progress are given up after 3 in a row. `retries`,
     if given, also caps the failed attempts in a row (an attempt that delivers bytes resets the
-    count); None: only the time budget."""
+    count); None: only the time budget.
+
+    `interceptors` (gRPC client interceptors, applied with `grpc.intercept_channel`; the first
+    sees a call first) see every call the client makes, retries included: for tracing, logging or
+    metadata of one's own. Materialize's responses reach them as serialized TensorChunk messages
+    (bytes; `weightgen.v1.wire.decode_chunk` reads them). What an interceptor returns for a
+    Materialize call is what the client uses: a call object that it iterates for those bytes,
+    cancels, and whose `grpc.RpcError` it reads as any gRPC call's."""
 
     def __init__(
         self,
@@ -381,6 +395,7 @@ class Client:
         retries: int | None = None,
         retry_seconds: float = 120.0,
         options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[Interceptor] = (),
     ):
         if chunk_bytes and not wire.MIN_CHUNK_BYTES <= chunk_bytes <= wire.MAX_CHUNK_BYTES:
             raise ValueError(
@@ -391,6 +406,8 @@ class Client:
             raise ValueError(f"retries must be None (no cap) or >= 0, got {retries}")
         if not retry_seconds >= 0:
             raise ValueError(f"retry_seconds must be >= 0, got {retry_seconds}")
+        if isinstance(interceptors, Interceptor):
+            raise TypeError("interceptors is a sequence of gRPC client interceptors: interceptors=[interceptor]")
         target, fleet = fleet_target(target)
         self.target = target
         self.timeout = timeout
@@ -415,12 +432,14 @@ class Client:
         if self.balanced:
             channel_options.append(("grpc.service_config", ROUND_ROBIN))
         if isinstance(tls, grpc.ChannelCredentials):
-            self._channel = grpc.secure_channel(target, tls, options=channel_options)
+            channel = grpc.secure_channel(target, tls, options=channel_options)
         elif tls or root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.secure_channel(target, credentials, options=channel_options)
+            channel = grpc.secure_channel(target, credentials, options=channel_options)
         else:
-            self._channel = grpc.insecure_channel(target, options=channel_options)
+            channel = grpc.insecure_channel(target, options=channel_options)
+        # Closing the intercepted channel closes the one it wraps.
+        self._channel = grpc.intercept_channel(channel, *interceptors) if interceptors else channel
         self._stub = pb_grpc.WeightGenStub(self._channel)
         self._materialize = self._channel.unary_stream(
             MATERIALIZE, request_serializer=pb.MaterializeRequest.SerializeToString, response_deserializer=None
