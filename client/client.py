@@ -72,8 +72,6 @@ SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "x
 Variables = pb.MaterializeRequest | VariableLike | Iterable[VariableLike]
 Progress = Callable[[int, int], None]
 """progress(bytes received so far, bytes in the whole fetch)."""
-Fault = Callable[[int, wire.Chunk], wire.Chunk | None]
-"""Tests only: fault(attempt, chunk) -> the chunk to use, or None to cut the stream there."""
 Interceptor = (
     grpc.UnaryUnaryClientInterceptor
     | grpc.UnaryStreamClientInterceptor
@@ -445,7 +443,6 @@ class Client:
             MATERIALIZE, request_serializer=pb.MaterializeRequest.SerializeToString, response_deserializer=None
         )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self._fault: Fault | None = None
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -747,10 +744,6 @@ class Client:
                         if watchdog is not None:
                             watchdog.answered()
                     chunk = wire.decode_chunk(raw)
-                    if self._fault is not None:
-                        chunk = self._fault(attempt, chunk)
-                        if chunk is None:  # the test hook cut the stream here
-                            raise _CutError()
                     if chunk.variable_index >= len(positions):
                         raise errors.ProtocolError(
                             None, f"chunk for variable index {chunk.variable_index}, the request has {len(positions)}"
@@ -784,9 +777,6 @@ class Client:
                     # It waited for a server to be ready until its timeout: the servers are still unavailable.
                     error = errors.Unavailable(None, f"no server was ready: {error.message}")
                     code = grpc.StatusCode.UNAVAILABLE
-            except _CutError:
-                error = errors.Unavailable(None, "the stream was cut (test fault)")
-                code = grpc.StatusCode.UNAVAILABLE
             finally:
                 if watchdog is not None:
                     watchdog.stop()
@@ -851,10 +841,6 @@ class Client:
     def list_initializers(self) -> pb.ListInitializersResponse:
         """Every initializer with its parameters and defaults, the dtypes and the generator."""
         return self._unary(self._stub.ListInitializers, pb.ListInitializersRequest())
-
-
-class _CutError(Exception):
-    """Raised inside a fetch when the test fault hook cuts the stream."""
 
 
 __all__ = ["DEFAULT_TARGET", "Client", "Session", "Tensor", "fleet_target"]
