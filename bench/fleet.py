@@ -27,8 +27,8 @@ For each fetch: wall seconds, the longest wait between two chunks the client rec
 stall a failover costs), the bytes the client received on the wire (every chunk, all
 attempts: must be exactly the tensor's size, nothing refetched), its calls (1 + resumes), and the
 SHA-256 of the result, which must be the undisturbed fetch's. Ratios are medians over the rounds
-against the undisturbed median of the same run. The client's chunk tap is its test hook
-(`Client._fault`), used read-only.
+against the undisturbed median of the same run. The chunk tap is the tests' fault interceptor
+(tests/faultwire.py, given to the Client as `interceptors=`), used read-only.
 
 Then two measurements that explain the figures: the time to the first chunk of a call resumed
 at 0, 1/4 and 3/4 of the tensor on one replica (a resumed stream regenerates and hashes the bytes
@@ -65,7 +65,7 @@ settle (their start-up's threads and compilation-cache reads) before the next fe
 
 
 class Tap:
-    """Every chunk that reached the client, by attempt (the client's fault hook, returning each unchanged)."""
+    """Every chunk that reached the client, by attempt (a faultwire.Faults hook, returning each unchanged)."""
 
     def __init__(self) -> None:
         self.bytes = 0
@@ -96,6 +96,8 @@ def serving(fleet, timeout: float = 30.0) -> int:
 
 def fetch(fleet, variable, trigger_at: float | None, action) -> dict:
     """One timed fetch; `action(fleet)` runs in a thread once `trigger_at` of the bytes arrived."""
+    from faultwire import Faults
+
     from weightgen.client import Client
 
     fired = threading.Event()
@@ -119,10 +121,9 @@ def fetch(fleet, variable, trigger_at: float | None, action) -> dict:
         disturber.start()
     tap = Tap()
     progress: list[int] = []
-    with Client(fleet.target) as client:
+    with Client(fleet.target, interceptors=[Faults(tap)]) as client:
         assert client.balanced
         client.list_initializers()  # connected to every replica before the clock starts
-        client._fault = tap
         started = time.perf_counter()
         try:
             arrays = client.materialize(

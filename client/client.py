@@ -74,8 +74,13 @@ SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "x
 Variables = pb.MaterializeRequest | VariableLike | Iterable[VariableLike]
 Progress = Callable[[int, int], None]
 """progress(bytes received so far, bytes in the whole fetch)."""
-Fault = Callable[[int, wire.Chunk], wire.Chunk | None]
-"""Tests only: fault(attempt, chunk) -> the chunk to use, or None to cut the stream there."""
+Interceptor = (
+    grpc.UnaryUnaryClientInterceptor
+    | grpc.UnaryStreamClientInterceptor
+    | grpc.StreamUnaryClientInterceptor
+    | grpc.StreamStreamClientInterceptor
+)
+"""A gRPC client interceptor, as `grpc.intercept_channel` takes them."""
 
 
 class _Calls:
@@ -370,7 +375,14 @@ class Client:
     and every retried call waits for a server to be ready (gRPC's wait_for_ready) for at most the
     budget left. INTERNAL and UNKNOWN without progress are given up after 3 in a row. `retries`,
     if given, also caps the failed attempts in a row (an attempt that delivers bytes resets the
-    count); None: only the time budget."""
+    count); None: only the time budget.
+
+    `interceptors` (gRPC client interceptors, applied with `grpc.intercept_channel`; the first
+    sees a call first) see every call the client makes, retries included: for tracing, logging or
+    metadata of one's own. Materialize's responses reach them as serialized TensorChunk messages
+    (bytes; `weightgen.v1.wire.decode_chunk` reads them). What an interceptor returns for a
+    Materialize call is what the client uses: a call object that it iterates for those bytes,
+    cancels, and whose `grpc.RpcError` it reads as any gRPC call's."""
 
     def __init__(
         self,
@@ -386,6 +398,7 @@ class Client:
         retries: int | None = None,
         retry_seconds: float = 120.0,
         options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[Interceptor] = (),
     ):
         if chunk_bytes and not wire.MIN_CHUNK_BYTES <= chunk_bytes <= wire.MAX_CHUNK_BYTES:
             raise ValueError(
@@ -397,6 +410,8 @@ class Client:
         if not retry_seconds >= 0:
             raise ValueError(f"retry_seconds must be >= 0, got {retry_seconds}")
         self.digest = wire.digest_name(wire.digest_enum(digest))
+        if isinstance(interceptors, Interceptor):
+            raise TypeError("interceptors is a sequence of gRPC client interceptors: interceptors=[interceptor]")
         target, fleet = fleet_target(target)
         self.target = target
         self.timeout = timeout
@@ -421,18 +436,19 @@ class Client:
         if self.balanced:
             channel_options.append(("grpc.service_config", ROUND_ROBIN))
         if isinstance(tls, grpc.ChannelCredentials):
-            self._channel = grpc.secure_channel(target, tls, options=channel_options)
+            channel = grpc.secure_channel(target, tls, options=channel_options)
         elif tls or root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.secure_channel(target, credentials, options=channel_options)
+            channel = grpc.secure_channel(target, credentials, options=channel_options)
         else:
-            self._channel = grpc.insecure_channel(target, options=channel_options)
+            channel = grpc.insecure_channel(target, options=channel_options)
+        # Closing the intercepted channel closes the one it wraps.
+        self._channel = grpc.intercept_channel(channel, *interceptors) if interceptors else channel
         self._stub = pb_grpc.WeightGenStub(self._channel)
         self._materialize = self._channel.unary_stream(
             MATERIALIZE, request_serializer=pb.MaterializeRequest.SerializeToString, response_deserializer=None
         )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self._fault: Fault | None = None
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -752,10 +768,6 @@ class Client:
                         if watchdog is not None:
                             watchdog.answered()
                     chunk = wire.decode_chunk(raw)
-                    if self._fault is not None:
-                        chunk = self._fault(attempt, chunk)
-                        if chunk is None:  # the test hook cut the stream here
-                            raise _CutError()
                     if chunk.variable_index >= len(positions):
                         raise errors.ProtocolError(
                             None, f"chunk for variable index {chunk.variable_index}, the request has {len(positions)}"
@@ -789,9 +801,6 @@ class Client:
                     # It waited for a server to be ready until its timeout: the servers are still unavailable.
                     error = errors.Unavailable(None, f"no server was ready: {error.message}")
                     code = grpc.StatusCode.UNAVAILABLE
-            except _CutError:
-                error = errors.Unavailable(None, "the stream was cut (test fault)")
-                code = grpc.StatusCode.UNAVAILABLE
             finally:
                 if watchdog is not None:
                     watchdog.stop()
@@ -856,10 +865,6 @@ class Client:
     def list_initializers(self) -> pb.ListInitializersResponse:
         """Every initializer with its parameters and defaults, the dtypes and the generator."""
         return self._unary(self._stub.ListInitializers, pb.ListInitializersRequest())
-
-
-class _CutError(Exception):
-    """Raised inside a fetch when the test fault hook cuts the stream."""
 
 
 __all__ = ["DEFAULT_TARGET", "Client", "Session", "Tensor", "fleet_target"]

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 from client_helpers import BreakingProxy, xxh3
+from faultwire import Faults
 
 from weightgen.client import Client, DigestMismatchError, Variable, read_manifest
 from weightgen.client.files import Manifest, read_header, tensor_view
@@ -71,13 +72,14 @@ def _corrupt(attempt: int, chunk):
 
 @pytest.mark.parametrize("algorithm", ["sha256", "xxh3_128"])
 def test_a_flipped_bit_is_caught_by_either_digest(server, algorithm):
-    with Client(server.address, digest=algorithm) as client:
-        client._fault = _corrupt
-        with pytest.raises(DigestMismatchError) as caught:
-            client.materialize([Variable("w", (32, 32), "he")], seed=1)
+    faults = Faults(_corrupt)
+    with Client(server.address, digest=algorithm, interceptors=[faults]) as client, pytest.raises(
+        DigestMismatchError
+    ) as caught:
+        client.materialize([Variable("w", (32, 32), "he")], seed=1)
     assert caught.value.algorithm == algorithm and algorithm in str(caught.value)
-    with Client(server.address, digest="none") as client:  # nothing to check against: it goes through
-        client._fault = _corrupt
+    # Nothing to check against: it goes through.
+    with Client(server.address, digest="none", interceptors=[Faults(_corrupt)]) as client:
         corrupted = client.materialize([Variable("w", (32, 32), "he")], seed=1)["w"]
     with Client(server.address, digest="none") as client:
         clean = client.materialize([Variable("w", (32, 32), "he")], seed=1)["w"]

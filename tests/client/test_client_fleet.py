@@ -10,6 +10,7 @@ import time
 
 import pytest
 from client_helpers import BreakingProxy, same_bytes
+from faultwire import Faults
 from serverproc import launch
 from service.helpers import wait_for
 
@@ -194,13 +195,14 @@ def test_a_resume_that_starts_over_keeps_the_position(server):
         seen.append((attempt, chunk.variable_index, chunk.offset))
         return chunk
 
-    with Client(server.address, chunk_bytes=CHUNK) as client:
+    faults = Faults()
+    with Client(server.address, chunk_bytes=CHUNK, interceptors=[faults]) as client:
         with client.open_session(seed=8, rng_mode="sequential") as session:
             session.materialize(BATCHES[0])  # positions 0 and 1
             client.backoff = 0.01
-            client._fault = lose_the_first_chunk
+            faults.hook = lose_the_first_chunk
             resumed = list(session.stream(batch))
-            client._fault = None
+            faults.hook = None
             assert session.next_position == 4
         with client.open_session(seed=8, rng_mode="sequential") as reference_session:
             reference = reference_session.materialize(_at_positions(batch, {"p": 2, "q": 3}))
@@ -218,9 +220,8 @@ def test_retries_go_on_until_the_time_budget_is_spent(server):
     def cut_everything(attempt, chunk):
         attempts.append(attempt)  # and return None: no progress, ever
 
-    with Client(server.address, retry_seconds=1.5) as client:
+    with Client(server.address, retry_seconds=1.5, interceptors=[Faults(cut_everything)]) as client:
         client.backoff = 0.01
-        client._fault = cut_everything
         started = time.monotonic()
         with pytest.raises(errors.Unavailable) as caught:
             client.materialize([Variable("x", (64,), "he")], seed=1)
@@ -302,8 +303,8 @@ def test_a_restart_and_its_warm_up_are_retried_by_default(start_server):
 
     def fetch() -> None:
         try:
-            with Client(server.address, chunk_bytes=1 << 20) as client:  # the defaults: no retries=, 120 s
-                client._fault = _pause_at(4, seen, paused, killed)
+            hook = _pause_at(4, seen, paused, killed)
+            with Client(server.address, chunk_bytes=1 << 20, interceptors=[Faults(hook)]) as client:  # default budget
                 results["array"] = client.materialize([BIG], seed=17)["big"]
         except BaseException as e:
             results["array"] = e
@@ -349,10 +350,11 @@ def test_a_stream_cut_on_one_replica_resumes_on_another(start_server):
 
     def fetch() -> None:
         try:
-            with Client(f"ipv4:{servers[0].address},{servers[1].address}", chunk_bytes=1 << 20) as client:
+            target = f"ipv4:{servers[0].address},{servers[1].address}"
+            faults = Faults(_pause_at(4, seen, paused, killed))
+            with Client(target, chunk_bytes=1 << 20, interceptors=[faults]) as client:
                 assert client.balanced
                 client.backoff = 0.01
-                client._fault = _pause_at(4, seen, paused, killed)
                 results["array"] = client.materialize([BIG], seed=23)["big"]
         except BaseException as e:
             results["array"] = e

@@ -8,6 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from client_helpers import same_bytes, xxh3
+from faultwire import Faults
 
 from weightgen.client import Client, DigestMismatchError, Variable, init
 from weightgen.server import engine as eng
@@ -115,16 +116,15 @@ def _corrupt(attempt: int, chunk):
 
 
 def test_digest_verification_catches_a_corrupted_chunk(server):
-    with Client(server.address) as client:
-        client._fault = _corrupt
-        with pytest.raises(DigestMismatchError) as caught:
-            client.materialize([Variable("w", (32, 32), "he")], seed=1)
+    faults = Faults(_corrupt)
+    with Client(server.address, interceptors=[faults]) as client, pytest.raises(DigestMismatchError) as caught:
+        client.materialize([Variable("w", (32, 32), "he")], seed=1)
     assert caught.value.name == "w" and caught.value.code == "DATA_LOSS" and "'w'" in str(caught.value)
     # The same corruption goes unnoticed without verification: the check above is what caught it.
-    with Client(server.address, verify=False) as client:
-        client._fault = _corrupt
+    faults = Faults(_corrupt)
+    with Client(server.address, verify=False, interceptors=[faults]) as client:
         corrupted = client.materialize([Variable("w", (32, 32), "he")], seed=1)["w"]
-        client._fault = None
+        faults.hook = None
         clean = client.materialize([Variable("w", (32, 32), "he")], seed=1)["w"]
     assert not same_bytes(corrupted, clean)
 

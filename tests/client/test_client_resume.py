@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 from client_helpers import BreakingProxy, same_bytes
+from faultwire import Faults
 
 from weightgen.client import Client, Variable, errors
 
@@ -39,9 +40,8 @@ class Recorder:
 
 def _fetch(address: str, variables, hook=None, **kwargs):
     progress = []
-    with Client(address, chunk_bytes=CHUNK) as client:
+    with Client(address, chunk_bytes=CHUNK, interceptors=[Faults(hook)]) as client:
         client.backoff = 0.01
-        client._fault = hook
         arrays = client.materialize(variables, progress=lambda got, total: progress.append(got), **kwargs)
     return arrays, progress
 
@@ -61,11 +61,11 @@ def test_resume_after_a_cut_gives_identical_bytes_without_refetching(server):
 
 def test_resume_keeps_the_seed_the_server_picked(server):
     hook = Recorder(cut_at=2)
-    with Client(server.address, chunk_bytes=CHUNK) as client:
+    faults = Faults(hook)
+    with Client(server.address, chunk_bytes=CHUNK, interceptors=[faults]) as client:
         client.backoff = 0.01
-        client._fault = hook
         tensors = list(client.stream(VARIABLES))  # seed 0: the server picks
-        client._fault = None
+        faults.hook = None
         seed = tensors[0].seed
         assert {t.seed for t in tensors} == {seed}
         reference = client.materialize(VARIABLES, seed=seed)
@@ -74,11 +74,12 @@ def test_resume_keeps_the_seed_the_server_picked(server):
 
 
 def test_resume_in_a_sequential_session(server):
-    with Client(server.address, chunk_bytes=CHUNK) as client:
+    faults = Faults()
+    with Client(server.address, chunk_bytes=CHUNK, interceptors=[faults]) as client:
         with client.open_session(seed=5, rng_mode="sequential") as session:
             reference = session.materialize(VARIABLES)
         client.backoff = 0.01
-        client._fault = Recorder(cut_at=10)  # inside "third", the last variable: every position is known
+        faults.hook = Recorder(cut_at=10)  # inside "third", the last variable: every position is known
         with client.open_session(seed=5, rng_mode="sequential") as session:
             resumed = session.materialize(VARIABLES)
             assert session.close() == 3  # the resume re-used positions instead of taking new ones
@@ -86,11 +87,12 @@ def test_resume_in_a_sequential_session(server):
 
 
 def test_sequential_variable_that_never_started_resumes_at_its_position(server):
-    with Client(server.address, chunk_bytes=CHUNK) as client:
+    faults = Faults()
+    with Client(server.address, chunk_bytes=CHUNK, interceptors=[faults]) as client:
         with client.open_session(seed=5, rng_mode="sequential") as session:
             reference = session.materialize(VARIABLES)
         client.backoff = 0.01
-        client._fault = Recorder(cut_at=2)  # inside "second": "third" has not started yet
+        faults.hook = Recorder(cut_at=2)  # inside "second": "third" has not started yet
         with client.open_session(seed=5, rng_mode="sequential") as session:
             resumed = session.materialize(VARIABLES)
             assert session.close() == 3  # positions from the stream's first chunk, none taken anew
@@ -103,9 +105,8 @@ def test_sequential_position_unknown_cannot_resume(server):
             return None  # cut after the first chunk
         return dataclasses.replace(chunk, sequence_indexes=())  # as from a server that does not say
 
-    with Client(server.address, chunk_bytes=CHUNK) as client:
+    with Client(server.address, chunk_bytes=CHUNK, interceptors=[Faults(cut_and_forget_positions)]) as client:
         client.backoff = 0.01
-        client._fault = cut_and_forget_positions
         with client.open_session(seed=5, rng_mode="sequential") as session, pytest.raises(errors.ResumeError) as caught:
             session.materialize(VARIABLES)
     assert "'third'" in caught.value.message
@@ -117,9 +118,8 @@ def test_retries_run_out_without_progress(server):
     def cut_everything(attempt, chunk):
         calls.append(attempt)  # and return None: cut the stream before this chunk
 
-    with Client(server.address, retries=2) as client:
+    with Client(server.address, retries=2, interceptors=[Faults(cut_everything)]) as client:
         client.backoff = 0.01
-        client._fault = cut_everything
         with pytest.raises(errors.Unavailable):
             client.materialize(VARIABLES[:1], seed=1)
     assert calls == [0, 1, 2]

@@ -11,6 +11,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+from faultwire import Faults
 from procstat import rss, threads
 from serverproc import RunningServer, launch
 from service.helpers import assert_serves, init, metric, var, wait_for
@@ -139,9 +140,15 @@ def test_sigkill_mid_stream_then_restart_resumes_identically(start_server):
 
     def fetch() -> None:
         try:
-            with Client(server.address, chunk_bytes=1 << 20, retries=100, timeout=300, options=FAST_RECONNECT) as c:
+            with Client(
+                server.address,
+                chunk_bytes=1 << 20,
+                retries=100,
+                timeout=300,
+                options=FAST_RECONNECT,
+                interceptors=[Faults(hook)],
+            ) as c:
                 c.backoff = 0.05
-                c._fault = hook
                 result["arrays"] = c.materialize([KILLED], seed=77, progress=lambda got, total: progress.append(got))
         except BaseException as error:
             result["error"] = error

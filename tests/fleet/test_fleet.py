@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from faultwire import Faults
 
 from weightgen.client import Client, Variable
 
@@ -34,7 +35,7 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 class Wire:
-    """The client's fault hook used as a tap: every chunk that reached the client, by attempt
+    """A fault hook (faultwire.Faults) used as a tap: every chunk that reached the client, by attempt
     (attempt 0 is the first call, each later one a resumed call). Returns the chunk unchanged."""
 
     def __init__(self) -> None:
@@ -90,9 +91,8 @@ def test_the_replica_serving_a_fetch_is_killed_and_the_fetch_completes_elsewhere
 
     def fetch() -> None:
         try:
-            with Client(fleet.target, **PATIENT) as client:
+            with Client(fleet.target, **PATIENT, interceptors=[Faults(wire)]) as client:
                 assert client.balanced
-                client._fault = wire
                 result["array"] = client.materialize([KILLED], seed=1101, progress=on_progress)["killed"]
         except BaseException as error:
             result["error"] = error
@@ -317,8 +317,7 @@ def test_a_rolling_restart_during_several_1_gib_fetches_loses_nothing(fleet):
                     restarted[k].wait(240)
 
         try:
-            with Client(fleet.target, **PATIENT) as client:
-                client._fault = wires[c]
+            with Client(fleet.target, **PATIENT, interceptors=[Faults(wires[c])]) as client:
                 opening, array = _fetch_as(client, KINDS[c], SEEDS[c], on_progress)
                 results[c]["opening"] = opening
                 results[c]["digest"] = digest(array)
