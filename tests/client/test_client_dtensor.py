@@ -7,20 +7,18 @@ server sent are one model plus what the mesh replicates, not world-size models."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from torchrun import torchrun
 
 from weightgen.client import Client
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "distributed" / "llama_dtensor.py"
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +29,6 @@ def llama(tmp_path_factory):
     finally:
         sys.path.remove(str(EXAMPLE.parent))
     return llama_dtensor
-
-
-def torchrun(ranks: int, script: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [*TORCHRUN, f"--nproc-per-node={ranks}", str(script), *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
-    return result
 
 
 @pytest.mark.slow
@@ -81,9 +71,9 @@ def test_every_world_size_and_mesh_fills_the_same_model(server, tmp_path, llama)
 
 
 @pytest.mark.slow
-def test_what_cannot_be_filled_in_place_is_refused(server):
-    result = torchrun(2, Path(__file__).with_name("dtensor_refusals.py"), server.address)
-    refused = json.loads(result.stdout.strip().splitlines()[-1])
+def test_what_cannot_be_filled_in_place_is_refused(server, tmp_path):
+    torchrun(2, Path(__file__).with_name("dtensor_refusals.py"), server.address, str(tmp_path / "refused.json"))
+    refused = json.loads((tmp_path / "refused.json").read_text())
     assert "DTensor on the meta device: call model.to_empty(device=...)" in refused["meta"], refused
     assert refused["meta"].startswith("0.weight is a DTensor"), refused
     assert "drop shard=" in refused["shard"], refused

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torchrun import torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "distributed" / "torchtitan_llama.py"
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 MESHES = ["1x1", "1x2", "2x1", "2x2", "4x1"]
 VARIANTS = ["--qkv", "separate,fused"]  # wq, wk, wv; and torchtitan's default, one fused wqkv
 # Each is needed here and expected: one that stops being needed fails the test, so its
@@ -53,7 +53,7 @@ def test_torchtitan_llama_every_mesh_fills_the_same_model(server, tmp_path):
         out = tmp_path / f"world{ranks}.json"
         args = ["--server", server.address, "--seed", "42", "--meshes", meshes, *VARIANTS]
         args += ["--reference", str(reference), "--metrics", metrics, "--json", str(out)]
-        check_run([*TORCHRUN, f"--nproc-per-node={ranks}", str(EXAMPLE), *args])
+        torchrun(ranks, EXAMPLE, *args)
         runs.append(json.loads(out.read_text()))
         for s in runs[-1]["meshes"]:
             summaries[s["qkv"], s["mesh"]] = s
