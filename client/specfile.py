@@ -49,7 +49,7 @@ from weightgen.v1 import wire
 from weightgen.v1.initializers import FAN_AXES_KINDS, KINDS
 
 from .files import check_zero_rows
-from .specs import did_you_mean, dtype_value, enum_value, initializer, slice_ranges
+from .specs import as_int, did_you_mean, dtype_value, enum_value, initializer, reject_booleans, slice_ranges
 
 _LAYOUTS = ("channels_first", "channels_last")
 _WITHOUT_FANS = frozenset(KINDS) - FAN_AXES_KINDS
@@ -134,6 +134,10 @@ def _request(data: Mapping[str, Any]) -> pb.MaterializeRequest:
     variables = data.get("variables")
     if isinstance(variables, list):
         try:
+            reject_booleans(data, pb.MaterializeRequest.DESCRIPTOR)
+        except ValueError as e:
+            raise SpecFileError(str(e)) from None
+        try:
             return json_format.ParseDict(dict(data), pb.MaterializeRequest())
         except json_format.ParseError as e:
             raise SpecFileError(f"not a valid MaterializeRequest in protobuf JSON: {e}{_enum_hint(str(e))}") from None
@@ -147,7 +151,7 @@ def _shape(value: Any) -> list[int]:
         if not _SHAPE.match(value):
             raise ValueError(f"shape {value!r}: expected e.g. 768x2304, 768 or scalar")
         return [] if value == "scalar" else [int(d) for d in value.split("x")]
-    return [int(d) for d in value]
+    return [as_int(d, "shape") for d in value]
 
 
 def _variable(name: str, value: Any, defaults: Mapping[str, Any]) -> pb.VariableSpec:
@@ -184,7 +188,7 @@ def _variable(name: str, value: Any, defaults: Mapping[str, Any]) -> pb.Variable
         name=name,
         shape=shape,
         dtype=dtype_value(fields.get("dtype", defaults.get("dtype"))),
-        seed=int(fields.get("seed", 0)),
+        seed=as_int(fields.get("seed", 0), "seed"),
         slice=slice_ranges([tuple(r) for r in fields["slice"]], shape) if fields.get("slice") else [],
     )
     message = initializer(fields.get("init", defaults.get("init")))
@@ -207,9 +211,13 @@ def _shorthand(data: Mapping[str, Any]) -> pb.MaterializeRequest:
     unknown = set(data) - {"seed", "dtype", "layout", "init", "variables", "chunkBytes", "chunk_bytes", "comment"}
     if unknown:
         raise SpecFileError(f"unknown top-level keys {sorted(unknown)}")
-    request = pb.MaterializeRequest(
-        seed=int(data.get("seed", 0)), chunk_bytes=int(data.get("chunkBytes", data.get("chunk_bytes", 0)))
-    )
+    try:
+        request = pb.MaterializeRequest(
+            seed=as_int(data.get("seed", 0), "seed"),
+            chunk_bytes=as_int(data.get("chunkBytes", data.get("chunk_bytes", 0)), "chunkBytes"),
+        )
+    except (ValueError, TypeError) as e:
+        raise SpecFileError(str(e)) from None
     for name, value in data["variables"].items():
         try:
             request.variables.append(_variable(name, value, data))

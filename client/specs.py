@@ -77,7 +77,7 @@ def did_you_mean(text: str, choices: Iterable[str]) -> str:
 def enum_value(enum_type, value: str | int) -> int:
     """An enum value from its number, its full name (``FAN_MODE_FAN_OUT``) or its short lower-case
     name as the engine and ListInitializers spell it (``fan_out``)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool | np.bool_):
         raise ValueError(f"{enum_type.name}: expected a name or number, got {value!r}")
     if isinstance(value, int):
         if value not in enum_type.values_by_number:
@@ -135,6 +135,14 @@ def dtype_value(dtype: DTypeLike) -> int:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(wire.BY_NAME)}") from e
 
 
+def as_int(value: Any, where: str) -> int:
+    """``int(value)``, refusing booleans (``int(True)`` is 1: a shape of ``[True, 3]`` or a seed of
+    ``False`` is a mistake, not a number)."""
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(f"{where}: expected an integer, got the boolean {value!r}")
+    return int(value)
+
+
 # -- initializers ------------------------------------------------------------------------------
 
 
@@ -154,6 +162,8 @@ def _set_param(message, field: FieldDescriptor, value: Any, where: str) -> None:
     elif field.message_type is not None:
         getattr(message, field.name).CopyFrom(_tensor(value))
     elif field.type == FieldDescriptor.TYPE_DOUBLE:
+        if isinstance(value, bool | np.bool_):  # float(True) is 1.0: a boolean is not a number here
+            raise ValueError(f"{where}: expected a number, got the boolean {value!r}")
         try:
             setattr(message, field.name, float(value))
         except (TypeError, ValueError):
@@ -161,7 +171,7 @@ def _set_param(message, field: FieldDescriptor, value: Any, where: str) -> None:
     elif field.type == FieldDescriptor.TYPE_INT32:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not isinstance(value, int) or isinstance(value, bool | np.bool_):
             raise ValueError(f"{where}: expected an integer, got {value!r}")
         setattr(message, field.name, value)
     else:  # pragma: no cover - the proto has no other parameter types
@@ -179,9 +189,9 @@ def fan_axes(
     if layout is None and fan_in_axes is None and fan_out_axes is None and batch_axes is None:
         return None
     axes = pb.FanAxes(
-        in_axes=[int(a) for a in fan_in_axes or ()],
-        out_axes=[int(a) for a in fan_out_axes or ()],
-        batch_axes=[int(a) for a in batch_axes or ()],
+        in_axes=[as_int(a, "fan_in_axes") for a in fan_in_axes or ()],
+        out_axes=[as_int(a, "fan_out_axes") for a in fan_out_axes or ()],
+        batch_axes=[as_int(a, "batch_axes") for a in batch_axes or ()],
     )
     if layout is not None:
         axes.layout = enum_value(pb.FanLayout.DESCRIPTOR, layout)
@@ -271,6 +281,30 @@ def parse_initializer(text: str) -> pb.Initializer:
     return make_initializer(kind, *args, **kwargs)
 
 
+def reject_booleans(data: Any, descriptor, where: str = "") -> None:
+    """Raise ValueError naming the field when `data`, protobuf JSON for a message of `descriptor`,
+    has a boolean where the message has a number or an enum: ``json_format.ParseDict`` reads a
+    Python ``True`` (and ``json_format.Parse`` a JSON ``true``) as 1.0 for a double field and as 1
+    for an integer or enum field, so ``{"xavierUniform": {"gain": false}}`` would silently give
+    zeros. Unknown keys are left for ParseDict to report."""
+    if not isinstance(data, Mapping):
+        return
+    fields = {f.name: f for f in descriptor.fields} | {f.json_name: f for f in descriptor.fields}
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:
+            continue
+        path = f"{where}.{key}" if where else str(key)
+        repeated = field.is_repeated and isinstance(value, list)
+        items = list(enumerate(value)) if repeated else [(None, value)]
+        for i, item in items:
+            at = path if i is None else f"{path}[{i}]"
+            if field.message_type is not None:
+                reject_booleans(item, field.message_type, at)
+            elif field.type != FieldDescriptor.TYPE_BOOL and isinstance(item, bool | np.bool_):
+                raise ValueError(f"{at}: expected a number, got the boolean {item!r}")
+
+
 def initializer(value: InitializerLike) -> pb.Initializer | None:
     """An Initializer message from any accepted form (None stays None: the session's default)."""
     if value is None:
@@ -280,6 +314,7 @@ def initializer(value: InitializerLike) -> pb.Initializer | None:
     if isinstance(value, str):
         return parse_initializer(value)
     if isinstance(value, Mapping):
+        reject_booleans(value, pb.Initializer.DESCRIPTOR, "initializer")
         try:
             return json_format.ParseDict(dict(value), pb.Initializer())
         except json_format.ParseError as e:
@@ -342,7 +377,7 @@ def slice_ranges(value: SliceLike, shape: Sequence[int]) -> list[pb.Range]:
             start, stop, _ = item.indices(int(dim))
             ranges.append(pb.Range(start=start, stop=max(start, stop)))
         else:
-            start, stop = (int(x) for x in item)
+            start, stop = (as_int(x, f"slice axis {axis}") for x in item)
             ranges.append(pb.Range(start=start, stop=stop))
     return ranges
 
@@ -372,9 +407,9 @@ class Variable:
     def to_proto(self) -> pb.VariableSpec:
         spec = pb.VariableSpec(
             name=self.name,
-            shape=[int(d) for d in self.shape],
+            shape=[as_int(d, f"{self.name}: shape") for d in self.shape],
             dtype=dtype_value(self.dtype),
-            seed=int(self.seed),
+            seed=as_int(self.seed, f"{self.name}: seed"),
             slice=slice_ranges(self.slice, self.shape),
         )
         message = initializer(self.initializer)
@@ -397,6 +432,7 @@ def variable_spec(value: VariableLike) -> pb.VariableSpec:
         copy.CopyFrom(value)
         return copy
     if isinstance(value, Mapping):
+        reject_booleans(value, pb.VariableSpec.DESCRIPTOR, str(value.get("name", "variable")))
         try:
             return json_format.ParseDict(dict(value), pb.VariableSpec())
         except json_format.ParseError:
@@ -432,6 +468,7 @@ def planned_bytes(spec: pb.VariableSpec, default_dtype: int = pb.DTYPE_FLOAT32) 
 
 __all__ = [
     "Variable",
+    "as_int",
     "delivered_shape",
     "dtype_value",
     "enum_value",
@@ -441,6 +478,7 @@ __all__ = [
     "make_initializer",
     "parse_initializer",
     "planned_bytes",
+    "reject_booleans",
     "slice_ranges",
     "variable_spec",
     "variable_specs",

@@ -114,6 +114,8 @@ def _check(init_name: str, p: Param, value: Any) -> Any:
         if value not in p.choices:
             raise SpecError(path, f"{value!r} is not one of {', '.join(p.choices)}")
         return value
+    if isinstance(value, bool | np.bool_):  # float(True) is 1.0: a boolean is not a number
+        raise SpecError(path, f"{value!r} is a boolean, not a number")
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -228,3 +228,57 @@ def test_did_you_mean_for_initializers_parameters_and_enum_names(tmp_path):
         load_spec(spec)
     message = str(caught.value)
     assert "(did you mean 'DTYPE_FLOAT32'?); valid names: DTYPE_FLOAT32, DTYPE_FLOAT64" in message, message
+
+
+@pytest.mark.parametrize("flag", [True, False, np.True_])
+def test_booleans_are_not_numbers(flag):
+    """float(True) is 1.0 and int(False) is 0, and json_format reads true as 1.0 for a double: every
+    path from Python, shorthand strings and spec files refuses a boolean where a number belongs."""
+    word = "true" if flag else "false"
+    with pytest.raises(ValueError, match=r"kaiming_uniform\.a: expected a number, got the boolean"):
+        init.kaiming_uniform(a=flag)
+    with pytest.raises(ValueError, match=r"xavier_uniform\.gain: expected a number, got the boolean"):
+        init.xavier_uniform(gain=flag)
+    with pytest.raises(ValueError, match=r"xavier_uniform\.gain: expected a number, got the boolean"):
+        parse_initializer(f"xavier_uniform(gain={word})")
+    with pytest.raises(ValueError, match=r"initializer.xavierUniform.gain: expected a number, got the boolean"):
+        initializer({"xavierUniform": {"gain": bool(flag)}})
+    with pytest.raises(ValueError, match=r"dirac\.groups: expected an integer"):
+        init.dirac(groups=flag)
+    with pytest.raises(ValueError, match="fan_in_axes: expected an integer"):
+        init.he_normal(fan_in_axes=[flag])
+    with pytest.raises(ValueError, match=r"w: shape: expected an integer, got the boolean"):
+        Variable("w", [flag, 3], "zeros").to_proto()
+    with pytest.raises(ValueError, match=r"w: seed: expected an integer"):
+        Variable("w", [3], "zeros", seed=flag).to_proto()
+    with pytest.raises(ValueError, match=r"slice axis 0: expected an integer"):
+        slice_ranges([(flag, 2)], [3])
+    with pytest.raises(ValueError, match=r"w.initializer.heNormal.*|w.shape\[0\]: expected a number"):
+        variable_specs([{"name": "w", "shape": [flag], "initializer": {"heNormal": {}}}])
+    # Spec files, both forms: the message names the variable and the parameter.
+    shorthand = {"variables": {"fc.weight": f"4x4 kaiming_uniform(a={word})"}}
+    with pytest.raises(SpecFileError, match=r"variable 'fc.weight': kaiming_uniform.a: expected a number, got the"):
+        parse_spec(shorthand)
+    with pytest.raises(SpecFileError, match=r"variable 'fc.weight': .*xavierUniform.gain: expected a number"):
+        parse_spec({"variables": {"fc.weight": {"shape": [4, 4], "init": {"xavierUniform": {"gain": bool(flag)}}}}})
+    with pytest.raises(SpecFileError, match=r"variable 'w': seed: expected an integer"):
+        parse_spec({"variables": {"w": {"shape": [4], "init": "zeros", "seed": bool(flag)}}})
+    with pytest.raises(SpecFileError, match=r"seed: expected an integer"):
+        parse_spec({"seed": bool(flag), "variables": {"w": "4 zeros"}})
+    as_json = json.loads(
+        f'{{"seed": "1", "variables": [{{"name": "w", "shape": ["4", "4"], '
+        f'"initializer": {{"xavierUniform": {{"gain": {word}}}}}}}]}}'
+    )
+    with pytest.raises(SpecFileError, match=r"variables\[0\].initializer.xavierUniform.gain: expected a number"):
+        parse_spec(as_json)
+    # The same files with numbers are accepted (the refusal is of booleans only).
+    assert parse_spec({"variables": {"w": "4x4 kaiming_uniform(a=1)"}}).variables[0].initializer.kaiming_uniform.a == 1
+    as_json["variables"][0]["initializer"]["xavierUniform"]["gain"] = 0
+    assert parse_spec(as_json).variables[0].initializer.xavier_uniform.gain == 0
+
+
+def test_protobuf_json_itself_reads_booleans_as_numbers():
+    """Why the client checks: json_format turns a JSON true into 1.0 for a double field. (If a
+    protobuf release starts refusing it, this test says the check has become a second line.)"""
+    parsed = json_format.Parse('{"xavierUniform": {"gain": true}}', pb.Initializer())
+    assert parsed.xavier_uniform.gain == 1.0
