@@ -347,14 +347,14 @@ _define("orthogonal", "scale * Q, Q from the QR of a normal matrix (JAX orthogon
 )
 _define(
     "delta_orthogonal",
-    "orthogonal [in, out] matrix at the kernel's spatial centre, zeros elsewhere",
+    "orthogonal [in, out] matrix at spatial index (k - 1) // 2, zeros elsewhere (JAX delta_orthogonal)",
     _SCALE,
     _COLUMN_AXIS,
 )(_structured("delta_orthogonal"))
 _define("identity", "gain * I (rank 2)", _GAIN, random=False)(_structured("identity"))
 _define(
     "dirac",
-    "1 at the spatial centre of each (out, in) diagonal pair per group (PyTorch dirac_)",
+    "1 at spatial index k // 2 of each (out, in) diagonal pair per group (PyTorch dirac_)",
     Param("groups", 1, "number of groups, dividing the out channels", minimum=1, integer=True),
     random=False,
 )(_structured("dirac"))

@@ -4,10 +4,11 @@
                       block stream, A = QR, Q *= sign(diag R) (phase for complex), transposed back
                       when r < c; r = prod(shape) / shape[column_axis], c = shape[column_axis]
                       (jax.nn.initializers.orthogonal)
-    delta_orthogonal  orthogonal [in, out] matrix at the centre of the spatial axes (Xiao et al. 2018)
+    delta_orthogonal  orthogonal [in, out] matrix at spatial index (k - 1) // 2 of each spatial axis,
+                      zeros elsewhere (jax.nn.initializers.delta_orthogonal; Xiao et al. 2018)
     identity          gain * eye(rows, cols), rank 2
-    dirac             1 at (spatial centre, in = d, out = g * out/groups + d) for d < min(out/groups, in)
-                      (torch.nn.init.dirac_)
+    dirac             1 at (spatial index k // 2, in = d, out = g * out/groups + d) for d < min(out/groups, in)
+                      (torch.nn.init.dirac_, whose centre is k // 2: for even k one past delta_orthogonal's)
 
 The QR runs in float64 (LAPACK through numpy) whatever the dtype, so orthogonality is as good as
 float64 allows before the single cast; its values are bit-stable on one machine and BLAS build, not
@@ -152,7 +153,7 @@ def build(
         values = np.zeros(shape, matrix.dtype)
         index: list[Any] = [slice(None)] * len(shape)
         for s in spatial:
-            index[s] = shape[s] // 2
+            index[s] = (shape[s] - 1) // 2  # JAX's and TensorFlow's centre: (k - 1) // 2, not k // 2
         # With integer indices on the spatial axes the remaining axes keep their order (in, out or out, in).
         values[tuple(index)] = matrix if i < o else matrix.T
     else:  # dirac

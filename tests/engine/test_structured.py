@@ -69,7 +69,9 @@ def test_orthogonal_is_random_and_deterministic(engine) -> None:
         ((3, 3, 64, 128), None, (1, 1), 1.0),  # conv, channels-last [kh, kw, in, out]: wide in x out
         ((3, 3, 3, 16, 32), None, (1, 1, 1), 1.5),  # conv3d
         ((5, 8, 8), None, (2,), 1.0),  # conv1d, square
-        ((4, 4, 6), None, (2,), 1.0),  # even kernel: the centre is k // 2
+        ((4, 4, 6), None, (1,), 1.0),  # even kernel: the centre is (k - 1) // 2, as JAX's
+        ((4, 6, 8, 8), None, (1, 2), 1.0),  # even and even
+        ((2, 3, 4, 4, 8), None, (0, 1, 1), 1.0),  # even, odd, even
         ((32, 16, 3, 3), CHANNELS_FIRST, (1, 1), 1.0),  # PyTorch [out, in, kh, kw]
     ],
 )
@@ -168,3 +170,39 @@ def test_structured_rank_errors(engine) -> None:
     with pytest.raises(SpecError) as error:
         engine.prepare(spec("identity", (2, 3, 4)), seed=SEED)
     assert error.value.field == "shape"
+
+
+def _nonzero_spatial(x: np.ndarray, spatial: tuple[int, ...]) -> set[tuple[int, ...]]:
+    """The spatial positions (indices along `spatial` axes) where `x` has a non-zero value."""
+    where = np.argwhere(x != 0)
+    return {tuple(int(row[a]) for a in spatial) for row in where}
+
+
+DELTA_SHAPES = [(3, 8, 8), (4, 8, 8), (2, 4, 6), (1, 4, 4), (3, 3, 4, 8), (4, 4, 4, 8), (2, 5, 4, 8), (6, 3, 4, 4, 8)]
+
+
+@pytest.mark.parametrize("shape", DELTA_SHAPES, ids=[str(s) for s in DELTA_SHAPES])
+def test_delta_orthogonal_position_is_jax(engine, shape) -> None:
+    """The orthogonal slice sits where jax.nn.initializers.delta_orthogonal puts it, for odd and
+    even kernel sizes, 1-D to 3-D kernels (the values differ: JAX draws with jax.random)."""
+    jax = pytest.importorskip("jax")
+    spatial = tuple(range(len(shape) - 2))
+    reference = np.asarray(jax.nn.initializers.delta_orthogonal()(jax.random.PRNGKey(0), shape, np.float32))
+    ours = engine.generate(spec("delta_orthogonal", shape), seed=SEED)
+    expected = {tuple((k - 1) // 2 for k in shape[:-2])}
+    assert _nonzero_spatial(reference, spatial) == expected
+    assert _nonzero_spatial(ours, spatial) == expected
+    # The slice there is orthogonal in both: rows orthonormal ([in, out] with in <= out).
+    _check_orthogonal(ours[expected.pop()], 1.0, 1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 4), (4, 4, 2, 2), (6, 2, 3, 4), (4, 2, 2, 4, 3)])
+def test_dirac_even_kernels_are_torch(engine, shape) -> None:
+    """torch.nn.init.dirac_ itself (its centre is k // 2, also for even kernel sizes), PyTorch layout."""
+    torch = pytest.importorskip("torch")
+    for groups in (1, 2):
+        reference = torch.empty(shape)
+        torch.nn.init.dirac_(reference, groups=groups)
+        ours = engine.generate(spec("dirac", shape, fan_axes=CHANNELS_FIRST, groups=groups), seed=SEED)
+        np.testing.assert_array_equal(ours, reference.numpy())
+        assert _nonzero_spatial(ours, tuple(range(2, len(shape)))) == {tuple(k // 2 for k in shape[2:])}
