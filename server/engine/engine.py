@@ -31,7 +31,7 @@ import numpy as np
 from . import dtypes, initializers, kernels, rng, sampling, structured
 from .cache import Cancelled, WholeCache
 from .dtypes import DTypeInfo, Kind
-from .initializers import Broadcast, Fill, Normal, Recipe, Structured, Uniform
+from .initializers import Broadcast, Disk, Fill, Normal, Recipe, Structured, Uniform
 from .plan import MAX_RUNS_PER_PIECE, Piece, Plan, check_shape
 from .spec import MAX_NAME_BYTES, Initializer, SpecError, VariableSpec
 from .workers import Job, WorkerPool, float_bits
@@ -80,7 +80,7 @@ class Prepared:
     recipe: Recipe
     plan: Plan
     key: rng.Key | None  # None until keyed: the random key of the variable
-    affine: sampling.Affine | None = None  # the distribution's coefficients, for Uniform and Normal
+    affine: sampling.Affine | None = None  # the distribution's coefficients, for Uniform, Normal and Disk
 
     def keyed(self, seed: int, key: rng.Key, sequence_index: int = -1) -> Prepared:
         """This variable with its effective seed and random key (and position in a sequential session)."""
@@ -95,6 +95,8 @@ class Prepared:
         if isinstance(self.recipe, Fill):
             value = complex(self.recipe.value)
             return ("fill", float_bits((value.real, value.imag)), *where)
+        if isinstance(self.recipe, Disk):  # the same raw uniforms as random_uniform [0, 1), transformed
+            return ("disk", self.key, float_bits((self.recipe.radius,)), *where)
         if self.affine is not None:
             return ("random", self.key, self.affine.family, float_bits(self.affine.coefficients), *where)
         return None
@@ -117,7 +119,7 @@ class Prepared:
     @property
     def is_random(self) -> bool:
         """Whether generating it draws random numbers (so it takes a place in a sequential session)."""
-        if isinstance(self.recipe, Uniform | Normal):
+        if isinstance(self.recipe, Uniform | Normal | Disk):
             return True
         return isinstance(self.recipe, Structured) and self.recipe.kind in structured.RANDOM_KINDS
 
@@ -202,7 +204,7 @@ class Engine:
                 f"of {self.max_structured_elements}",
             )
         # Resolved here, once: it also validates that the scaled values fit the dtype.
-        affine = self._affine(recipe, dtype) if isinstance(recipe, Uniform | Normal) else None
+        affine = self._affine(recipe, dtype) if isinstance(recipe, Uniform | Normal | Disk) else None
         info = TensorInfo(
             name=spec.name,
             shape=shape,
@@ -220,13 +222,15 @@ class Engine:
         return prepared.keyed(seed, rng.variable_key(seed, spec.name))
 
     @staticmethod
-    def _affine(recipe: Uniform | Normal, dtype: DTypeInfo) -> sampling.Affine:
+    def _affine(recipe: Uniform | Normal | Disk, dtype: DTypeInfo) -> sampling.Affine:
         precision = dtype.compute.name
         complex_parts = dtype.kind is Kind.COMPLEX
         # Parameters beyond the compute precision overflow in the casts below: refused, not warned about.
         with np.errstate(over="ignore"):
             if isinstance(recipe, Uniform):
                 affine = sampling.uniform(recipe.low, recipe.high, precision)
+            elif isinstance(recipe, Disk):  # u and v uniform in [0, 1), then `_disk`
+                affine = sampling.uniform(0.0, 1.0, precision)
             else:
                 stddev = recipe.stddev / math.sqrt(2) if complex_parts else recipe.stddev
                 affine = sampling.normal(recipe.mean, stddev, recipe.lower, recipe.upper, precision)
@@ -262,6 +266,9 @@ class Engine:
             yield from self._fill(recipe, dtype, plan)
         elif isinstance(recipe, Uniform | Normal):
             yield from self._random(prepared.key, prepared.affine, dtype, plan)
+        elif isinstance(recipe, Disk):
+            for values in self._random_values(prepared.key, prepared.affine, dtype, plan):
+                yield dtypes.cast_final(_disk(values, recipe.radius), dtype)
         elif isinstance(recipe, Broadcast):
             yield from self._broadcast(recipe, dtype, plan)
         else:
@@ -280,6 +287,7 @@ class Engine:
                                              sent; the piece the consumer still holds
           + fill        P * e                one buffer, yielded as views
           + random      pipeline + P * e     the pieces in flight (`_pipeline_bytes`); the cast
+          + disk        pipeline + P * (64 + e)  the same, and `_disk`'s float64 temporaries
                                              to the final dtype
           + broadcast   P * (8 + 4 * s + e)  a piece's index (int64), its gathered base values (up
                                              to 3 * P when a short base is tiled, s = the base's
@@ -301,6 +309,8 @@ class Engine:
             return held + piece * e
         if isinstance(recipe, Uniform | Normal):
             return held + self._pipeline_bytes(dtype, plan) + piece * e
+        if isinstance(recipe, Disk):
+            return held + self._pipeline_bytes(dtype, plan) + piece * (_DISK_BYTES + e)
         if isinstance(recipe, Broadcast):
             return held + piece * (8 + 4 * recipe.source.itemsize + e)
         axes = prepared.spec.initializer.fan_axes
@@ -436,8 +446,30 @@ def _pieces(plan: Plan) -> Iterator[Piece]:
     return plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS)
 
 
-def _largest_magnitude(recipe: Uniform | Normal, affine: sampling.Affine, precision: str) -> float:
+_DISK_BYTES = 64
+"""Bytes per element `_disk` holds besides its input and result: u, v (then r and theta), cos, sin
+(float64 each) and the complex128 result before its rounding (16)."""
+
+
+def _disk(values: np.ndarray, radius: float) -> np.ndarray:
+    """JAX's complex uniform on the disk |z| < radius, from u (real parts) and v (imaginary parts)
+    uniform in [0, 1) in the compute precision: z = r * (cos theta + i sin theta) with
+    r = radius * sqrt(u) and theta = 2 pi v, computed in float64 (sqrt correctly rounded, cos and
+    sin the C library's, elementwise) and rounded once into the compute precision."""
+    r = np.sqrt(values.real.astype(np.float64))
+    r *= radius
+    theta = values.imag.astype(np.float64)
+    theta *= 2 * math.pi
+    out = np.empty(values.shape, np.complex128)
+    np.multiply(r, np.cos(theta), out=out.real)
+    np.multiply(r, np.sin(theta), out=out.imag)
+    return out.astype(values.dtype, copy=False)
+
+
+def _largest_magnitude(recipe: Uniform | Normal | Disk, affine: sampling.Affine, precision: str) -> float:
     """An upper bound on |value| the distribution can produce (per part for complex)."""
+    if isinstance(recipe, Disk):
+        return recipe.radius
     if isinstance(recipe, Uniform):
         return max(abs(recipe.low), abs(recipe.high))
     a = affine.coefficients

@@ -6,13 +6,17 @@ The fan-based initializers are all thin cases of one mechanism, JAX's and Keras'
         variance = scale / max(1, denominator(mode))      mode in fan_in | fan_out | fan_avg | fan_geo_avg
         truncated_normal: std = sqrt(variance) / .87962566103423978, truncated to [-2, 2] std
         normal:           std = sqrt(variance)
-        uniform:          uniform in [-L, L), L = sqrt(3 * variance)
+        uniform:          uniform in [-L, L), L = sqrt(3 * variance); complex: uniform on the disk
+                          |z| < sqrt(2 * variance) (JAX's _complex_uniform), so E|z|^2 = variance
 
 GoMLX rules (docs/initializers.md): random initializers give zeros for non-float, non-complex
 dtypes; fan-based ones give zeros for rank <= 1 (biases). Complex values have independent real and
-imaginary parts: a uniform draws each part in [low, high); a normal draws each part with standard
-deviation std / sqrt(2), so that E|z - mean|^2 = std^2 (the JAX convention), and the mean applies
-to both parts.
+imaginary parts: `random_uniform` draws each part in [low, high); a normal draws each part with
+standard deviation std / sqrt(2), so that E|z - mean|^2 = std^2 (the JAX convention), and the mean
+applies to both parts. The fan-based uniforms with JAX's names (variance_scaling, glorot_uniform,
+he_uniform, lecun_uniform) are JAX's complex variance_scaling uniform instead (`Disk`), E|z|^2 =
+variance: each part in [-L, L) would make it 2 * variance. PyTorch's names (kaiming_uniform,
+xavier_uniform) keep PyTorch's complex uniform, each part in [-L, L), as torch.nn.init does.
 """
 
 from __future__ import annotations
@@ -83,7 +87,16 @@ class Broadcast:
     source: DTypeInfo
 
 
-Recipe = Fill | Uniform | Normal | Structured | Broadcast
+@dataclass(frozen=True)
+class Disk:
+    """Complex values uniform on the disk |z| < radius, as jax.nn.initializers.variance_scaling
+    draws complex uniforms (its _complex_uniform, scaled): z = radius * sqrt(u) * exp(2 pi i v), u
+    and v uniform in [0, 1) from the real and imaginary sub-streams. E|z|^2 = radius^2 / 2."""
+
+    radius: float
+
+
+Recipe = Fill | Uniform | Normal | Disk | Structured | Broadcast
 
 ZERO_NON_FLOAT = "non_float_dtype"
 ZERO_RANK_LE_1 = "rank_le_1"
@@ -147,18 +160,26 @@ class Context:
     def fans(self) -> Fans:
         return compute_fans(self.shape, self.fan_axes)
 
+    @property
+    def complex_(self) -> bool:
+        return self.dtype.kind is Kind.COMPLEX
+
 
 MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
 DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
 
 
-def variance_scaling(scale: float, mode: str, distribution: str, fans: Fans) -> Uniform | Normal:
-    """The general fan-based initializer (see the module docstring)."""
+def variance_scaling(
+    scale: float, mode: str, distribution: str, fans: Fans, complex_: bool = False
+) -> Uniform | Normal | Disk:
+    """The general fan-based initializer (see the module docstring); `complex_` for complex dtypes."""
     variance = scale / max(1.0, fans.denominator(mode))
     if distribution == "truncated_normal":
         return Normal(0.0, math.sqrt(variance) / TRUNCATED_NORMAL_STDDEV, -2.0, 2.0)
     if distribution == "normal":
         return Normal(0.0, math.sqrt(variance))
+    if complex_:
+        return Disk(math.sqrt(2.0 * variance))
     limit = math.sqrt(3.0 * variance)
     return Uniform(-limit, limit)
 
@@ -215,16 +236,22 @@ def _define(name: str, formula: str, *params: Param, random: bool = True, fan_ba
     return register
 
 
-def _fan_case(name: str, formula: str, scale: float, mode: str, distribution: str, *extra: Param) -> None:
-    """Register a named case of variance_scaling; a `gain` parameter multiplies the scale by gain^2."""
+def _fan_case(
+    name: str, formula: str, scale: float, mode: str, distribution: str, *extra: Param, torch: bool = False
+) -> None:
+    """Register a named case of variance_scaling; a `gain` parameter multiplies the scale by gain^2.
+    `torch`: PyTorch's name, so a complex uniform is PyTorch's (each part in [-L, L)), not JAX's disk."""
 
     def resolve(p: dict[str, Any], ctx: Context) -> Recipe:
         g = p.get("gain", 1.0)
-        return variance_scaling(scale * g * g, mode, distribution, ctx.fans)  # g ** 2 raises OverflowError
+        # g ** 2 raises OverflowError
+        return variance_scaling(scale * g * g, mode, distribution, ctx.fans, ctx.complex_ and not torch)
 
     _define(name, formula, *extra, fan_based=True)(resolve)
 
 
+_DISK = "; complex: uniform on the disk |z| < sqrt(2 * variance) (JAX)"
+_PARTS = "; complex: each part so (PyTorch)"
 _STDDEV = Param("stddev", 0.01, "standard deviation (JAX's default 1e-2)", minimum=0.0)
 _MEAN = Param("mean", 0.0, "mean, added to both parts of a complex value")
 _GAIN = Param("gain", 1.0, "multiplies the standard deviation or limit (PyTorch's gain)", minimum=0.0)
@@ -289,33 +316,42 @@ def _truncated_normal(p, ctx):
 
 @_define(
     "variance_scaling",
-    "see variance_scaling: variance = scale / denominator(mode)",
+    "see variance_scaling: variance = scale / denominator(mode)" + _DISK,
     Param("scale", 1.0, "variance scale, > 0", minimum=0.0, exclusive=True),
     Param("mode", "fan_in", "fan used as denominator", choices=MODES, kind="string"),
     Param("distribution", "truncated_normal", "distribution", choices=DISTRIBUTIONS, kind="string"),
     fan_based=True,
 )
 def _variance_scaling(p, ctx):
-    return variance_scaling(p["scale"], p["mode"], p["distribution"], ctx.fans)
+    return variance_scaling(p["scale"], p["mode"], p["distribution"], ctx.fans, ctx.complex_)
 
 
-_fan_case("glorot_uniform", "U[-L, L), L = sqrt(6 / (fan_in + fan_out))", 1.0, "fan_avg", "uniform")
+_fan_case("glorot_uniform", "U[-L, L), L = sqrt(6 / (fan_in + fan_out))" + _DISK, 1.0, "fan_avg", "uniform")
 _fan_case(
     "glorot_normal", "truncated N, std = sqrt(2 / (fan_in + fan_out)) / .8796", 1.0, "fan_avg", "truncated_normal"
 )
-_fan_case("xavier_uniform", "gain * U[-L, L), L = sqrt(6 / (fan_in + fan_out))", 1.0, "fan_avg", "uniform", _GAIN)
+_fan_case(
+    "xavier_uniform",
+    "gain * U[-L, L), L = sqrt(6 / (fan_in + fan_out))" + _PARTS,
+    1.0,
+    "fan_avg",
+    "uniform",
+    _GAIN,
+    torch=True,
+)
 _fan_case(
     "xavier_normal", "N, std = gain * sqrt(2 / (fan_in + fan_out)), not truncated", 1.0, "fan_avg", "normal", _GAIN
 )
 _fan_case("he", "N, std = sqrt(2 / fan_in), not truncated (GoMLX HeFn)", 2.0, "fan_in", "normal")
 _fan_case("he_normal", "truncated N, std = sqrt(2 / fan_in) / .8796 (JAX he_normal)", 2.0, "fan_in", "truncated_normal")
-_fan_case("he_uniform", "U[-L, L), L = sqrt(6 / fan_in)", 2.0, "fan_in", "uniform")
+_fan_case("he_uniform", "U[-L, L), L = sqrt(6 / fan_in)" + _DISK, 2.0, "fan_in", "uniform")
 _fan_case("lecun_normal", "truncated N, std = sqrt(1 / fan_in) / .8796", 1.0, "fan_in", "truncated_normal")
-_fan_case("lecun_uniform", "U[-L, L), L = sqrt(3 / fan_in)", 1.0, "fan_in", "uniform")
+_fan_case("lecun_uniform", "U[-L, L), L = sqrt(3 / fan_in)" + _DISK, 1.0, "fan_in", "uniform")
 
 
 def _kaiming(distribution: str):
     def resolve(p, ctx):
+        # PyTorch's name: a complex uniform is PyTorch's, each part in [-L, L) (not JAX's disk).
         return variance_scaling(gain(p["nonlinearity"], p["a"]) ** 2, p["mode"], distribution, ctx.fans)
 
     return resolve
@@ -326,7 +362,9 @@ _KAIMING_PARAMS = (
     Param("mode", "fan_in", "fan_in or fan_out", choices=("fan_in", "fan_out"), kind="string"),
     Param("nonlinearity", "leaky_relu", "PyTorch calculate_gain name", choices=NONLINEARITIES, kind="string"),
 )
-_define("kaiming_uniform", "U[-L, L), L = gain * sqrt(3 / fan) (PyTorch)", *_KAIMING_PARAMS, fan_based=True)(
+_define(
+    "kaiming_uniform", "U[-L, L), L = gain * sqrt(3 / fan) (PyTorch)" + _PARTS, *_KAIMING_PARAMS, fan_based=True
+)(
     _kaiming("uniform")
 )
 _define("kaiming_normal", "N, std = gain / sqrt(fan), not truncated (PyTorch)", *_KAIMING_PARAMS, fan_based=True)(

@@ -35,3 +35,21 @@ def test_content_keys_tell_minus_zero_from_zero_and_skip_what_they_cannot_key(en
     assert key("constant", value=0.0) != key("constant", value=-0.0)
     assert key("random_normal", mean=0.0, stddev=0.0) != key("random_normal", mean=-0.0, stddev=0.0)
     assert key("orthogonal") is None
+
+
+def test_disk_uniforms_are_keyed_apart_from_the_uniforms_they_transform(engine):
+    """A complex he_uniform draws the same raw uniforms as random_uniform [0, 1) of the same variable,
+    then maps them onto a disk: different bytes, so different keys (and equal for equal radii)."""
+
+    def key(kind, shape=(4, 8), **params):
+        return engine.prepare(spec(kind, shape, "complex64", **params), seed=1).content_key
+
+    disk = key("he_uniform")
+    assert disk == key("variance_scaling", scale=2.0, distribution="uniform")  # the same disk, radius sqrt(2 * 2 / 4)
+    assert disk != key("random_uniform")
+    assert disk != key("lecun_uniform")
+    assert disk != key("he_uniform", (4, 8, 1))
+    a = engine.generate(spec("he_uniform", (4, 8), "complex64"), seed=1)
+    b = engine.generate(spec("variance_scaling", (4, 8), "complex64", scale=2.0, distribution="uniform"), seed=1)
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != engine.generate(spec("random_uniform", (4, 8), "complex64"), seed=1).tobytes()

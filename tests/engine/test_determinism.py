@@ -110,6 +110,8 @@ SLICE_CASES = [
     spec("random_normal", (97, 61), name="rows", stddev=1.0),
     spec("he_uniform", (97, 61), "float64", name="cols"),
     spec("glorot_normal", (33, 65), "complex64", name="cplx"),
+    spec("he_uniform", (33, 65), "complex64", name="disk64"),  # JAX's complex uniform: a transform of both parts
+    spec("variance_scaling", (33, 65), "complex128", name="disk128", distribution="uniform", mode="fan_out"),
     spec("truncated_normal", (97, 61), "bfloat16", name="half"),
     spec("orthogonal", (50, 12), name="orth"),
     spec("dirac", (3, 3, 4, 8), name="dirac"),

@@ -7,7 +7,7 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-from engine_helpers import base_tensor, spec
+from engine_helpers import CHANNELS_FIRST, base_tensor, spec
 
 from weightgen.server.engine import REGISTRY
 from weightgen.server.engine.dtypes import DTYPES
@@ -145,3 +145,114 @@ def test_every_dtype_generates(engine, dtype) -> None:
         assert not random.any()
     if dtype == "bfloat16":
         assert expected == np.dtype(ml_dtypes.bfloat16)
+
+
+# -- complex fan-based uniforms ----------------------------------------------------------------
+#
+# JAX's names (variance_scaling and its uniform cases) draw complex uniforms on the disk |z| < R,
+# R = sqrt(2 * variance) (jax.nn.initializers' _complex_uniform): |z|^2 = R^2 u with u uniform, so
+# E|z|^2 = variance and sd(|z|^2) = R^2 / sqrt(12) = variance / sqrt(3). PyTorch's names
+# (kaiming_uniform, xavier_uniform) keep torch.nn.init's complex uniform, each part in [-L, L),
+# L = sqrt(3 * variance): E|z|^2 = 2 * variance, sd(|z|^2) = sqrt(2 * 4 L^4 / 45) = sqrt(1.6) * variance.
+# Bounds: 6 standard errors of the sample mean; two-sample Kolmogorov-Smirnov at alpha = 1e-8,
+# D <= sqrt(-ln(alpha / 2) / 2) * sqrt((n + m) / (n m)).
+
+CONV = (3, 3, 64, 128)  # channels-last: fan_in 576, fan_out 1152
+CONV_FANS = {"fan_in": 576, "fan_out": 1152, "fan_avg": 864, "fan_geo_avg": math.sqrt(576 * 1152)}
+KS_C = math.sqrt(-math.log(1e-8 / 2) / 2)
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic of two 1-D samples."""
+    a, b = np.sort(a), np.sort(b)
+    at = np.concatenate([a, b])
+    return float(np.max(np.abs(np.searchsorted(a, at, "right") / a.size - np.searchsorted(b, at, "right") / b.size)))
+
+
+def _ks_bound(n: int, m: int) -> float:
+    return KS_C * math.sqrt((n + m) / (n * m))
+
+
+def _jax_cases():
+    cases = [
+        ("he_uniform", {}, "he_uniform", (), 2 / CONV_FANS["fan_in"]),
+        ("glorot_uniform", {}, "glorot_uniform", (), 1 / CONV_FANS["fan_avg"]),
+        ("lecun_uniform", {}, "lecun_uniform", (), 1 / CONV_FANS["fan_in"]),
+    ]
+    for mode, fan in CONV_FANS.items():
+        params = {"scale": 0.7, "mode": mode, "distribution": "uniform"}
+        cases.append(("variance_scaling", params, "variance_scaling", (0.7, mode, "uniform"), 0.7 / fan))
+    return cases
+
+
+def _check_disk(z: np.ndarray, variance: float) -> None:
+    """Complex values uniform on the disk of radius sqrt(2 * variance) (from any library)."""
+    n = z.size
+    z = z.astype(np.complex128).ravel()
+    radius = math.sqrt(2 * variance)
+    m2 = np.abs(z) ** 2
+    assert abs(m2.mean() - variance) <= 6 * variance / math.sqrt(3 * n), (m2.mean(), variance)
+    assert abs(m2.std() - 2 * variance / math.sqrt(12)) <= 6 * 2 * variance / math.sqrt(12) / math.sqrt(2 * n)
+    assert np.abs(z).max() <= radius * (1 + 2.0**-20)  # inside the disk, up to float32 rounding
+    assert np.abs(z).max() > radius * (1 - 20 / n)  # and reaching its edge: P(|z| < R (1 - t)) ~ 1 - 2t
+    for part in (z.real, z.imag):  # centred, each part of variance variance / 2
+        assert abs(part.mean()) <= 6 * math.sqrt(variance / 2 / n)
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+@pytest.mark.parametrize(
+    ("kind", "params", "jax_name", "jax_args", "variance"),
+    _jax_cases(),
+    ids=[f"{c[0]}({c[1].get('mode', '')})" for c in _jax_cases()],
+)
+def test_complex_uniform_is_jax(engine, dtype, kind, params, jax_name, jax_args, variance) -> None:
+    """E|z|^2 = scale / fan, not twice it, and the same distribution as JAX's own initializer."""
+    jax = pytest.importorskip("jax")
+    z = engine.generate(spec(kind, CONV, dtype, name=f"{kind}/{dtype}", **params), seed=SEED)
+    assert z.dtype == np.dtype(dtype)
+    _check_disk(z, variance)
+    with jax.enable_x64(dtype == "complex128"):
+        initializer = getattr(jax.nn.initializers, jax_name)(*jax_args, dtype=dtype)
+        reference = np.asarray(initializer(jax.random.PRNGKey(SEED), CONV))
+    assert reference.dtype == np.dtype(dtype)
+    _check_disk(reference, variance)  # JAX's own statistics: what the contract matches
+    ours, theirs = z.astype(np.complex128).ravel(), reference.astype(np.complex128).ravel()
+    bound = _ks_bound(ours.size, theirs.size)
+    assert _ks(np.abs(ours), np.abs(theirs)) <= bound
+    assert _ks(np.angle(ours), np.angle(theirs)) <= bound
+    assert _ks(ours.real, theirs.real) <= bound and _ks(ours.imag, theirs.imag) <= bound
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+@pytest.mark.parametrize(
+    ("kind", "params", "torch_call", "variance"),
+    [
+        ("kaiming_uniform", {}, lambda nn, t: nn.init.kaiming_uniform_(t), 2 / 576),
+        ("kaiming_uniform", {"a": 5**0.5}, lambda nn, t: nn.init.kaiming_uniform_(t, a=5**0.5), 1 / 3 / 576),
+        ("xavier_uniform", {}, lambda nn, t: nn.init.xavier_uniform_(t), 1 / 864),
+        ("xavier_uniform", {"gain": 2.0}, lambda nn, t: nn.init.xavier_uniform_(t, gain=2.0), 4 / 864),
+    ],
+    ids=["kaiming", "kaiming_a", "xavier", "xavier_gain"],
+)
+def test_complex_uniform_torch_names_are_torch(engine, dtype, kind, params, torch_call, variance) -> None:
+    """PyTorch's kaiming_uniform_ and xavier_uniform_ on a complex tensor fill each part in [-L, L),
+    so E|z|^2 = 2 * variance: checked against torch itself, in its layout [out, in, kh, kw]."""
+    torch = pytest.importorskip("torch")
+    shape = (128, 64, 3, 3)  # the CONV kernel in PyTorch's layout: the same fans
+    z = engine.generate(spec(kind, shape, dtype, fan_axes=CHANNELS_FIRST, name=kind, **params), seed=SEED)
+    reference = torch.empty(shape, dtype=getattr(torch, dtype))
+    torch.manual_seed(SEED)
+    torch_call(torch.nn, reference)
+    limit = math.sqrt(3 * variance)
+    for values in (z, reference.numpy()):
+        sample = values.astype(np.complex128).ravel()
+        n = sample.size
+        m2 = np.abs(sample) ** 2
+        assert abs(m2.mean() - 2 * variance) <= 6 * math.sqrt(1.6) * variance / math.sqrt(n), (m2.mean(), variance)
+        for part in (sample.real, sample.imag):
+            assert np.abs(part).max() <= limit * (1 + 2.0**-20)
+            assert part.max() > limit * (1 - 40 / n) and part.min() < -limit * (1 - 40 / n)
+    ours, theirs = z.astype(np.complex128).ravel(), reference.numpy().astype(np.complex128).ravel()
+    bound = _ks_bound(ours.size, theirs.size)
+    assert _ks(ours.real, theirs.real) <= bound and _ks(ours.imag, theirs.imag) <= bound
+    assert _ks(np.abs(ours), np.abs(theirs)) <= bound

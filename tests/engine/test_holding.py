@@ -20,6 +20,8 @@ CASES = {
     "bfloat16 whole": spec("random_normal", (4096, 2048), "bfloat16", stddev=1.0),
     "complex128 sliced": spec("random_normal", (2048, 2048), "complex128", stddev=1.0, slice=((100, 1900), (7, 2000))),
     "float32 column band": spec("random_uniform", (4096, 2048), slice=((0, 4096), (1000, 1010))),
+    "complex64 disk whole": spec("he_uniform", (2048, 2048), "complex64"),
+    "complex128 disk sliced": spec("glorot_uniform", (2048, 1024), "complex128", slice=((5, 2000), (3, 900))),
     "float32 small": spec("random_normal", (10, 10), stddev=1.0),
     "orthogonal": spec("orthogonal", (1024, 512)),
     "orthogonal complex128 sliced": spec(
