@@ -60,7 +60,7 @@ def test_make_dist_builds_a_wheel_that_is_a_working_client(tmp_path):
     assert pip.returncode == 0, pip.stderr[-3000:]
     command = venv / "bin" / "weightgen"
     shown = subprocess.run([str(command), "--version"], capture_output=True, text=True, timeout=60, check=False)
-    assert shown.stdout.startswith(f"weightgen {version} (client; contract weightgen/1"), shown.stdout + shown.stderr
+    assert shown.stdout.startswith(f"weightgen {version} (client; contract weightgen/2"), shown.stdout + shown.stderr
     no_jax = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import importlib.util as u; print(u.find_spec('jax'))"],
         capture_output=True,

@@ -24,7 +24,7 @@ def test_fast_math_stops_the_server_at_warm_up(tmp_path):
     ]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 1, result.stderr[-3000:]
-    assert "self-check failed: random_normal values differ from weightgen/1" in result.stderr
+    assert "self-check failed: random_normal values differ from weightgen/2" in result.stderr
 
 
 def test_the_engine_passes_its_self_check_here():

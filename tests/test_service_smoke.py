@@ -11,7 +11,7 @@ def test_materialize_round_trip(stub):
         variables=[pb.VariableSpec(name="w", shape=[64, 32], initializer=pb.Initializer(he=pb.He()))],
     )
     chunks = list(stub.Materialize(request, timeout=60))
-    assert chunks[0].info.name == "w" and chunks[0].info.seed == 7 and chunks[0].info.generator == "weightgen/1"
+    assert chunks[0].info.name == "w" and chunks[0].info.seed == 7 and chunks[0].info.generator == "weightgen/2"
     data = b"".join(c.data for c in chunks)
     assert len(data) == 64 * 32 * 4 == chunks[0].info.byte_size
     assert chunks[-1].last and chunks[-1].digest == hashlib.sha256(data).digest()

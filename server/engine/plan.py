@@ -36,7 +36,7 @@ def check_shape(shape: tuple[int, ...]) -> int:
     for d in shape:
         size *= d
     if size > MAX_ELEMENTS:
-        raise SpecError("shape", f"{list(shape)} has {size} elements, more than weightgen/1 allows ({MAX_ELEMENTS})")
+        raise SpecError("shape", f"{list(shape)} has {size} elements, more than weightgen/2 allows ({MAX_ELEMENTS})")
     return size
 
 

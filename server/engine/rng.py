@@ -1,4 +1,4 @@
-"""The RNG derivation of the determinism contract ``weightgen/1`` (docs/determinism.md).
+"""The RNG derivation of the determinism contract ``weightgen/2`` (docs/determinism.md).
 
 Every random bit comes from the threefry2x32 block cipher (Salmon et al., 2011; 20 rounds, the
 function JAX's threefry2x32 primitive computes), evaluated by `threefry2x32` below: integer adds,
@@ -37,7 +37,7 @@ GENERATOR = CONTRACT
 TensorInfo."""
 
 BLOCK_ELEMENTS = 256
-"""B: elements per block. Part of the contract: fixed for weightgen/1 (bench/block_size.py)."""
+"""B: elements per block. Part of the contract: fixed for weightgen/2 (bench/block_size.py)."""
 
 MAX_BLOCKS = 1 << 32
 """Block indices are one uint32 counter word."""

@@ -56,7 +56,7 @@ def test_fetch_writes_what_the_client_materializes(fetched, client):
     bound = 1 / np.sqrt(64)  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     assert np.abs(loaded["fc1.weight"]).max() <= bound and np.abs(loaded["fc1.weight"]).max() > 0.9 * bound
     # The summary table: variables, bytes, seed, time.
-    for text in ("variables", "6", "104,488", "seed", "42", "weightgen/1", "time"):
+    for text in ("variables", "6", "104,488", "seed", "42", "weightgen/2", "time"):
         assert text in result.stdout, text
     manifest = read_manifest(path)
     assert manifest.seeds == [42] and manifest.request == load_spec(MLP)
@@ -112,13 +112,13 @@ def test_list(server):
     for name in ("he_normal", "randomUniform", "variance_scaling", "stddev=0.01", "[lower, upper]"):
         assert name in result.stdout, name
     listed = json.loads(weightgen("list", "--json", "--server", server.address).stdout)
-    assert listed["generator"] == "weightgen/1" and len(listed["initializers"]) >= 23
+    assert listed["generator"] == "weightgen/2" and len(listed["initializers"]) >= 23
 
 
 def test_inspect(fetched):
     path, _ = fetched
     result = weightgen("inspect", str(path))
-    for text in ("fc1.weight", "128x64", "F32", "manifest", "weightgen/1", "42"):
+    for text in ("fc1.weight", "128x64", "F32", "manifest", "weightgen/2", "42"):
         assert text in result.stdout, text
     report = json.loads(weightgen("inspect", "--json", str(path)).stdout)
     loaded = load_file(path)
@@ -179,7 +179,7 @@ def test_retry_seconds_and_lists_of_replicas(server):
     assert down.returncode == 1 and "error: UNAVAILABLE" in down.stderr and "retry_seconds=1" in down.stderr
     # A list of addresses is a fleet (the same replica twice here); host names must be one DNS name.
     listed = weightgen("list", "--json", "--server", f"{server.address},{server.address}")
-    assert '"generator": "weightgen/1"' in listed.stdout
+    assert '"generator": "weightgen/2"' in listed.stdout
     names = weightgen("list", "--server", "replica-a:50051,replica-b:50051", check=False)
     assert names.returncode == 2 and "dns:///" in names.stderr, names.stderr
 

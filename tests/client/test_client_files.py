@@ -61,7 +61,7 @@ def test_manifest_round_trip(client, tmp_path):
     assert sent.digest_algorithm == pb.DIGEST_ALGORITHM_XXH3_128  # the client's default, not part of the manifest
     sent.ClearField("digest_algorithm")
     assert read.request == sent and read.server == client.target and read.digest_algorithm == "xxh3_128"
-    assert read.generator == "weightgen/1" and len(read.seeds) == 1 and read.seeds[0] != 0
+    assert read.generator == "weightgen/2" and len(read.seeds) == 1 and read.seeds[0] != 0
     assert read.created.endswith("Z") and read.seconds > 0 and read.session is None
     arrays = client.materialize(VARIABLES, seed=read.seeds[0])
     for entry in read.variables:

@@ -61,7 +61,7 @@ def test_stream_yields_each_tensor_as_it_completes(server):
     assert [t.name for t in rest] == ["big"]
     assert seen[-1] == (8 * 4 + 256 * 512 * 4,) * 2
     for tensor in (first, *rest):
-        assert tensor.info.seed == tensor.seed == 5 and tensor.info.generator == "weightgen/1"
+        assert tensor.info.seed == tensor.seed == 5 and tensor.info.generator == "weightgen/2"
         assert tensor.info.digest_algorithm == tensor.digest_algorithm == "xxh3_128"  # the client's default
         assert tensor.digest == xxh3(tensor.array) == xxh3(tensor.array.tobytes())
 

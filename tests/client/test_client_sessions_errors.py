@@ -99,7 +99,7 @@ def test_list_initializers(client):
     response = client.list_initializers()
     names = [i.name for i in response.initializers]
     assert {"he_normal", "random_uniform", "variance_scaling", "broadcast"} <= set(names)
-    assert response.generator == "weightgen/1"
+    assert response.generator == "weightgen/2"
     # Every initializer the server lists has a client helper.
     assert all(callable(getattr(init, name)) for name in names)
 
@@ -127,4 +127,4 @@ def test_mutual_tls(start_server, tmp_path):
          "--ca-file", str(pki.ca.cert), "--cert-file", str(pki.client.cert), "--key-file", str(pki.client.key)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
-    assert result.returncode == 0 and '"generator": "weightgen/1"' in result.stdout, result.stderr
+    assert result.returncode == 0 and '"generator": "weightgen/2"' in result.stdout, result.stderr

@@ -24,7 +24,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_versions_name_the_package_and_the_contract():
     from weightgen.server.engine.rng import GENERATOR
 
-    assert CONTRACT == GENERATOR == "weightgen/1"
+    assert CONTRACT == GENERATOR == "weightgen/2"
     version = metadata.version("weightgen")
     client = run("-m", "weightgen.client.cli", "--version")
     server = run("-m", "weightgen.server", "--version")

@@ -1,4 +1,4 @@
-"""The determinism contract (DESIGN.md section 4, `weightgen/1`), bit for bit."""
+"""The determinism contract (DESIGN.md section 4, `weightgen/2`), bit for bit."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ BATCH = [
 
 
 def test_contract_constants() -> None:
-    assert GENERATOR == "weightgen/1"
+    assert GENERATOR == "weightgen/2"
     assert BLOCK_ELEMENTS == 256
 
 

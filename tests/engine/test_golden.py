@@ -1,10 +1,15 @@
 """Golden digests: SHA-256 of the little-endian C-order bytes of fixed requests (CPU backend).
 
-These pin the values of the determinism contract ``weightgen/1`` (``rng.GENERATOR``): the key
+These pin the values of the determinism contract ``weightgen/2`` (``rng.GENERATOR``): the key
 derivation, the block layout, the bits-to-float transforms, every formula and the final casts.
 A failure here means every user's initialisation would silently change. Updating a digest is a
-breaking change: it needs a new contract version (``rng.GENERATOR = "weightgen/2"``), documented,
-never an edit of these constants to make the test pass.
+breaking change: it needs a new contract version (``rng.GENERATOR = "weightgen/3"``), documented in
+docs/determinism.md's version history, never an edit of these constants to make the test pass.
+
+weightgen/2 changed no digest of weightgen/1 (none of them covered the two values it changed: complex
+fan-based uniforms with JAX's names, and delta_orthogonal with an even kernel size) and added the
+three complex fan-based uniform digests below. The disk values go through the C library's cos and
+sin (docs/determinism.md, section 7), so these three are bit-stable per C library.
 
 Orthogonal and delta-orthogonal are deliberately absent: their QR goes through LAPACK and is bit-
 stable only per BLAS build (test_structured.py checks that they are deterministic instead).
@@ -87,6 +92,32 @@ GOLDEN: list[tuple[str, VariableSpec, int, str]] = [
         "b542ee73b6cf05b326eafa5e18c3c4fd6c144f223ba78faa2d46ad9dc80951f3",
     ),
     (
+        "he_uniform_c64_disk",  # weightgen/2: JAX's complex uniform, on a disk
+        spec("he_uniform", (24, 40), "complex64", name="c64/disk"),
+        SEED,
+        "e7427cdf2d55b2938c7bc0dc4e94cb68474051d301e51e2705fe7e75caff62b9",
+    ),
+    (
+        "variance_scaling_uniform_c128_disk",  # weightgen/2
+        spec(
+            "variance_scaling",
+            (3, 5, 8, 6),
+            "complex128",
+            name="c128/disk",
+            scale=0.5,
+            mode="fan_avg",
+            distribution="uniform",
+        ),
+        SEED,
+        "fa0f8cb39fc6dfa784731825102e9c44217174c81521e4839cd606895f1e07f1",
+    ),
+    (
+        "kaiming_uniform_c64_parts",  # PyTorch's complex uniform, each part in [-L, L): as in weightgen/1
+        spec("kaiming_uniform", (16, 8, 3), "complex64", name="c64/kaiming", fan_axes=CHANNELS_FIRST),
+        SEED,
+        "73c86f54f84f71ea1fcb9e70c44dd26c9c6815f233e7eda4a72b7c9007393cb7",
+    ),
+    (
         "lecun_uniform_seed_2_64_minus_1",
         spec("lecun_uniform", (3, 3, 3, 4, 8), name="conv3d/kernel"),
         2**64 - 1,
@@ -144,7 +175,7 @@ GOLDEN: list[tuple[str, VariableSpec, int, str]] = [
 
 
 def test_contract_version() -> None:
-    assert GENERATOR == rng.GENERATOR == "weightgen/1"
+    assert GENERATOR == rng.GENERATOR == "weightgen/2"
     assert rng.BLOCK_ELEMENTS == 256
 
 

@@ -207,7 +207,7 @@ def test_container_serves_fetches_and_drains(container):
     for i, (name, shape, dtype, _, _) in enumerate(VARIABLES):
         info, data, digest = fetched[i]
         assert (info.name, list(info.shape), info.dtype, info.seed) == (name, shape, dtype, SEED)
-        assert info.generator == "weightgen/1" and info.digest_algorithm.lower().replace("-", "") == "sha256"
+        assert info.generator == "weightgen/2" and info.digest_algorithm.lower().replace("-", "") == "sha256"
         assert len(data) == info.byte_size
         assert digest == hashlib.sha256(data).digest(), f"{name}: the last chunk's digest does not match"
         assert data == expected[i], f"{name}: the container's bytes differ from the host engine's"

@@ -164,7 +164,7 @@ VARIABLE_CASES = [
     bad_variable("negative dim", var("w", [3, -1], init(ones={})), "shape[1]", "VariableSpec.shape"),
     bad_variable("int64 min dim", var("w", [-(2**63)], init(ones={})), "shape[0]", "VariableSpec.shape"),
     bad_variable("rank 33", var("w", [1] * 33, init(ones={})), "shape", "VariableSpec.shape"),
-    bad_variable("past weightgen/1's elements", var("w", [2**40, 2**40], init(ones={})), "shape", "VariableSpec.shape"),
+    bad_variable("past weightgen/2's elements", var("w", [2**40, 2**40], init(ones={})), "shape", "VariableSpec.shape"),
     bad_variable(
         "int64-overflowing product", var("w", [2**62, 2**62, 4], init(zeros={})), "shape", "VariableSpec.shape"
     ),
@@ -440,7 +440,7 @@ VARIABLE_CASES = [
         "Tensor.shape",
     ),
     bad_variable(
-        "broadcast base past weightgen/1's elements",
+        "broadcast base past weightgen/2's elements",
         var("w", [2**62, 2**62], base(pb.DTYPE_UINT8, [2**62, 2**62], b"")),
         "shape",
         "Tensor.shape",

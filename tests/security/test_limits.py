@@ -185,7 +185,7 @@ def test_request_bytes_default(server):
 
 
 HUGE = [
-    # (shape, dtype, code): past what weightgen/1 allows at all, and past the default per-variable limit
+    # (shape, dtype, code): past what weightgen/2 allows at all, and past the default per-variable limit
     ([10**15], pb.DTYPE_FLOAT32, grpc.StatusCode.INVALID_ARGUMENT),
     ([10**8, 10**7], pb.DTYPE_FLOAT64, grpc.StatusCode.INVALID_ARGUMENT),
     ([2**35], pb.DTYPE_COMPLEX128, EXHAUSTED),

@@ -39,7 +39,7 @@ EXPECTED_ERRORS = {
 ITEMSIZE = {value: dtype.itemsize for value, (_, dtype) in wire.DTYPES.items()}
 KINDS = [f.name for f in pb.Initializer.DESCRIPTOR.oneofs_by_name["kind"].fields]
 STRUCTURED = {"orthogonal", "delta_orthogonal", "identity", "dirac"}  # built whole, whatever the slice
-MAX_ELEMENTS = 1 << 40  # weightgen/1's largest variable
+MAX_ELEMENTS = 1 << 40  # weightgen/2's largest variable
 DEFAULT_LIMIT = 1 << 34  # the default server's elements per variable
 STRUCTURED_LIMIT = 1 << 24
 
@@ -352,7 +352,7 @@ def check_stream(request: pb.MaterializeRequest, messages) -> None:
         )
         assert info.byte_size == _prod(out_shape) * ITEMSIZE[info.dtype], (info.byte_size, out_shape)
         assert got["next"] == info.byte_size, (got["next"], info.byte_size)
-        assert info.generator == "weightgen/1" and info.digest_algorithm == "sha256"
+        assert info.generator == "weightgen/2" and info.digest_algorithm == "sha256"
         assert info.seed == (spec.seed or request.seed or info.seed) != 0
         if not spec.seed:
             seeds.add(info.seed)

@@ -58,7 +58,7 @@ def test_batch_equals_the_engine(stub, engine):
         out_shape = [r.stop - r.start for r in variable.slice] or list(variable.shape)
         assert info.byte_size == int(np.prod(out_shape)) * wire.numpy_dtype(info.dtype).itemsize
         assert info.seed == (variable.seed or SEED)
-        assert info.generator == GENERATOR == "weightgen/1"
+        assert info.generator == GENERATOR == "weightgen/2"
         assert info.digest_algorithm == "sha256"
         assert [(r.start, r.stop) for r in info.slice] == [(r.start, r.stop) for r in variable.slice]
         assert info.zero_reason == pb.ZERO_REASON_UNSPECIFIED
@@ -108,7 +108,7 @@ def test_batch_order_does_not_matter(stub):
 
 def test_list_initializers(stub):
     response = stub.ListInitializers(pb.ListInitializersRequest(), timeout=30)
-    assert response.generator == "weightgen/1"
+    assert response.generator == "weightgen/2"
     assert sorted(response.dtypes) == sorted(wire.DTYPES)
     kinds = pb.Initializer.DESCRIPTOR.oneofs_by_name["kind"].fields
     assert [i.name for i in response.initializers] == [f.name for f in kinds]  # every kind, in field order

@@ -21,7 +21,7 @@ infos = st.builds(
     dtype=st.sampled_from(sorted(wire.DTYPES)),
     byte_size=INT64,
     seed=UINT64,
-    generator=st.sampled_from(["", "weightgen/1"]),
+    generator=st.sampled_from(["", "weightgen/2"]),
     digest_algorithm=st.sampled_from(["", "sha256"]),
     slice=st.lists(st.builds(pb.Range, start=INT64, stop=INT64), max_size=3),
     zero_reason=st.sampled_from([0, 1, 2]),

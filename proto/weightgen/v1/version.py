@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-CONTRACT = "weightgen/1"
+CONTRACT = "weightgen/2"
 """Name and version of the determinism contract; the server reports it in every TensorInfo."""
 
 API = "weightgen.v1"
@@ -24,5 +24,5 @@ def package_version() -> str:
 
 
 def describe(part: str) -> str:
-    """One line for ``--version``: ``weightgen 0.1.0 (client; contract weightgen/1, API weightgen.v1)``."""
+    """One line for ``--version``: ``weightgen 0.1.0 (client; contract weightgen/2, API weightgen.v1)``."""
     return f"weightgen {package_version()} ({part}; contract {CONTRACT}, API {API})"
