@@ -28,10 +28,10 @@ from dataclasses import dataclass, replace
 import ml_dtypes
 import numpy as np
 
-from . import dtypes, initializers, kernels, rng, sampling, structured
+from . import dtypes, initializers, kernels, rng, sampling, sparse, structured
 from .cache import Cancelled, WholeCache
 from .dtypes import DTypeInfo, Kind
-from .initializers import Broadcast, Disk, Fill, Normal, Recipe, Structured, Uniform
+from .initializers import Broadcast, Disk, Fill, Normal, Recipe, Sparse, Structured, Uniform
 from .plan import MAX_RUNS_PER_PIECE, Piece, Plan, check_shape
 from .spec import MAX_NAME_BYTES, Initializer, SpecError, VariableSpec
 from .workers import Job, WorkerPool, float_bits
@@ -97,6 +97,8 @@ class Prepared:
             return ("fill", float_bits((value.real, value.imag)), *where)
         if isinstance(self.recipe, Disk):  # the same raw uniforms as random_uniform [0, 1), transformed
             return ("disk", self.key, float_bits((self.recipe.radius,)), *where)
+        if isinstance(self.recipe, Sparse):  # random_normal's values, some of them zeroed
+            return ("sparse", self.key, self.recipe.zeros, float_bits(self.affine.coefficients), *where)
         if self.affine is not None:
             return ("random", self.key, self.affine.family, float_bits(self.affine.coefficients), *where)
         return None
@@ -119,7 +121,7 @@ class Prepared:
     @property
     def is_random(self) -> bool:
         """Whether generating it draws random numbers (so it takes a place in a sequential session)."""
-        if isinstance(self.recipe, Uniform | Normal | Disk):
+        if isinstance(self.recipe, Uniform | Normal | Disk | Sparse):
             return True
         return isinstance(self.recipe, Structured) and self.recipe.kind in structured.RANDOM_KINDS
 
@@ -204,7 +206,7 @@ class Engine:
                 f"of {self.max_structured_elements}",
             )
         # Resolved here, once: it also validates that the scaled values fit the dtype.
-        affine = self._affine(recipe, dtype) if isinstance(recipe, Uniform | Normal | Disk) else None
+        affine = self._affine(recipe, dtype) if isinstance(recipe, Uniform | Normal | Disk | Sparse) else None
         info = TensorInfo(
             name=spec.name,
             shape=shape,
@@ -222,8 +224,10 @@ class Engine:
         return prepared.keyed(seed, rng.variable_key(seed, spec.name))
 
     @staticmethod
-    def _affine(recipe: Uniform | Normal | Disk, dtype: DTypeInfo) -> sampling.Affine:
+    def _affine(recipe: Uniform | Normal | Disk | Sparse, dtype: DTypeInfo) -> sampling.Affine:
         precision = dtype.compute.name
+        if isinstance(recipe, Sparse):  # its non-zero values
+            recipe = Normal(0.0, recipe.stddev)
         complex_parts = dtype.kind is Kind.COMPLEX
         # Parameters beyond the compute precision overflow in the casts below: refused, not warned about.
         with np.errstate(over="ignore"):
@@ -269,6 +273,8 @@ class Engine:
         elif isinstance(recipe, Disk):
             for values in self._random_values(prepared.key, prepared.affine, dtype, plan):
                 yield dtypes.cast_final(_disk(values, recipe.radius), dtype)
+        elif isinstance(recipe, Sparse):
+            yield from self._sparse(prepared, recipe)
         elif isinstance(recipe, Broadcast):
             yield from self._broadcast(recipe, dtype, plan)
         else:
@@ -288,6 +294,7 @@ class Engine:
           + fill        P * e                one buffer, yielded as views
           + random      pipeline + P * e     the pieces in flight (`_pipeline_bytes`); the cast
           + disk        pipeline + P * (64 + e)  the same, and `_disk`'s float64 temporaries
+          + sparse      pipeline + P * (160 + e) the same, and the zero mask's (`_SPARSE_BYTES`)
                                              to the final dtype
           + broadcast   P * (8 + 4 * s + e)  a piece's index (int64), its gathered base values (up
                                              to 3 * P when a short base is tiled, s = the base's
@@ -311,6 +318,8 @@ class Engine:
             return held + self._pipeline_bytes(dtype, plan) + piece * e
         if isinstance(recipe, Disk):
             return held + self._pipeline_bytes(dtype, plan) + piece * (_DISK_BYTES + e)
+        if isinstance(recipe, Sparse):
+            return held + self._pipeline_bytes(dtype, plan) + piece * (_SPARSE_BYTES + e)
         if isinstance(recipe, Broadcast):
             return held + piece * (8 + 4 * recipe.source.itemsize + e)
         axes = prepared.spec.initializer.fan_axes
@@ -416,6 +425,17 @@ class Engine:
                 for job, future in calls:
                     self.pool.release(job, future)
 
+    def _sparse(self, prepared: Prepared, recipe: Sparse) -> Iterator[np.ndarray]:
+        """random_normal's values of each piece, with the piece's elements that are zeros of
+        PyTorch's sparse_ (`sparse.zero_mask`, element by element) set to 0."""
+        dtype, plan = prepared.dtype, prepared.plan
+        rows, cols = plan.shape
+        values = self._random_values(prepared.key, prepared.affine, dtype, plan)
+        for piece, piece_values in zip(_pieces(plan), values, strict=True):
+            flat = (piece.starts[:, None] + np.arange(piece.length, dtype=np.int64)[None, :]).ravel()
+            zeros = sparse.zero_mask(prepared.key, rows, cols, recipe.zeros, flat)
+            yield dtypes.cast_final(np.where(zeros, piece_values.dtype.type(0), piece_values), dtype)
+
     def _structured(self, prepared: Prepared, cancelled: threading.Event | None) -> Iterator[np.ndarray]:
         """Pieces cut from the whole tensor, which is built once for all streams that want it."""
         whole = self.whole_cache.get(prepared.whole_key, lambda: self._build_whole(prepared, cancelled), cancelled)
@@ -446,6 +466,11 @@ def _pieces(plan: Plan) -> Iterator[Piece]:
     return plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS)
 
 
+_SPARSE_BYTES = 160
+"""Bytes per element the zero mask holds besides the values: flat indices (8), rows and columns
+(16 as int64, then 8 as uint32), column keys (16), the Feistel state and a threefry pass's words
+(about 10 uint32 arrays), the mask and np.where's result (8 + 1 + compute itemsize): generously."""
+
 _DISK_BYTES = 64
 """Bytes per element `_disk` holds besides its input and result: u, v (then r and theta), cos, sin
 (float64 each) and the complex128 result before its rounding (16)."""
@@ -466,7 +491,7 @@ def _disk(values: np.ndarray, radius: float) -> np.ndarray:
     return out.astype(values.dtype, copy=False)
 
 
-def _largest_magnitude(recipe: Uniform | Normal | Disk, affine: sampling.Affine, precision: str) -> float:
+def _largest_magnitude(recipe: Uniform | Normal | Disk | Sparse, affine: sampling.Affine, precision: str) -> float:
     """An upper bound on |value| the distribution can produce (per part for complex)."""
     if isinstance(recipe, Disk):
         return recipe.radius

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import dtypes, structured
+from . import dtypes, sparse, structured
 from .dtypes import DTypeInfo, Kind
 from .fans import Fans, compute_fans
 from .plan import check_shape
@@ -96,7 +96,16 @@ class Disk:
     radius: float
 
 
-Recipe = Fill | Uniform | Normal | Disk | Structured | Broadcast
+@dataclass(frozen=True)
+class Sparse:
+    """PyTorch's sparse_ on a rank-2 tensor: Normal(0, stddev) values, `zeros` of each column's
+    elements set to 0, at rows chosen by the variable's key (server/engine/sparse.py)."""
+
+    stddev: float
+    zeros: int
+
+
+Recipe = Fill | Uniform | Normal | Disk | Sparse | Structured | Broadcast
 
 ZERO_NON_FLOAT = "non_float_dtype"
 ZERO_RANK_LE_1 = "rank_le_1"
@@ -119,6 +128,8 @@ class Param:
 
 def _check(init_name: str, p: Param, value: Any) -> Any:
     path = f"initializer.{init_name}.{p.name}"
+    if value is None and p.default is None and p.kind == "number":
+        raise SpecError(path, "is required")
     if p.kind == "tensor":
         if not isinstance(value, BaseTensor):
             raise SpecError(path, "a base tensor is required")
@@ -396,6 +407,23 @@ _define(
     Param("groups", 1, "number of groups, dividing the out channels", minimum=1, integer=True),
     random=False,
 )(_structured("dirac"))
+
+
+@_define(
+    "sparse",
+    "N(0, stddev), then ceil(sparsity * rows) zeros per column at random rows (rank 2, PyTorch sparse_)",
+    Param("sparsity", None, "fraction of each column's elements set to zero, in [0, 1] (required)", minimum=0.0),
+    Param("stddev", 0.01, "standard deviation of the non-zero values (PyTorch's std, default 0.01)", minimum=0.0),
+)
+def _sparse(p, ctx):
+    if p["sparsity"] > 1:
+        raise SpecError("initializer.sparse.sparsity", f"{p['sparsity']} is not in [0, 1]")
+    if len(ctx.shape) != 2:
+        raise SpecError("shape", f"sparse needs rank 2 (PyTorch's sparse_), got {list(ctx.shape)}")
+    rows = ctx.shape[0]
+    if rows >= sparse.MAX_ROWS:
+        raise SpecError("shape", f"sparse permutes rows as 32-bit words: {rows} rows are too many")
+    return Sparse(p["stddev"], sparse.zeros_per_column(p["sparsity"], rows))
 
 
 @_define(

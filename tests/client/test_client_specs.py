@@ -282,3 +282,16 @@ def test_protobuf_json_itself_reads_booleans_as_numbers():
     protobuf release starts refusing it, this test says the check has become a second line.)"""
     parsed = json_format.Parse('{"xavierUniform": {"gain": true}}', pb.Initializer())
     assert parsed.xavier_uniform.gain == 1.0
+
+
+def test_sparse_forms_agree():
+    """PyTorch's sparse_ (sparsity, std) in every client form."""
+    expected = pb.Initializer(sparse=pb.Sparse(sparsity=0.1, stddev=0.02))
+    assert init.sparse(0.1, 0.02) == expected
+    assert init.sparse(sparsity=0.1, stddev=0.02) == expected
+    assert parse_initializer("sparse(0.1, stddev=0.02)") == expected
+    assert initializer({"sparse": {"sparsity": 0.1, "stddev": 0.02}}) == expected
+    request = parse_spec({"layout": "channels_first", "variables": {"fc.weight": "256x784 sparse(sparsity=0.1)"}})
+    message = request.variables[0].initializer
+    assert message == pb.Initializer(sparse=pb.Sparse(sparsity=0.1))  # no fans: the default layout is not added
+    assert not message.sparse.HasField("stddev")  # the server's default, 0.01

@@ -36,11 +36,19 @@ def test_fan_based_rank_le_1_is_zeros(engine, kind, shape, dtype) -> None:
     assert not x.any()
 
 
+def _random_spec(kind: str, shape: tuple[int, ...], dtype: str = "float32"):
+    """A variable of `kind`: sparse (PyTorch's: rank 2, sparsity required) gets its rank-2 version."""
+    if kind == "sparse":
+        return spec(kind, (shape[0], math.prod(shape[1:])), dtype, sparsity=0.5)
+    return spec(kind, shape, dtype)
+
+
 @pytest.mark.parametrize("kind", RANDOM)
 def test_random_initializers_give_zeros_for_non_float_dtypes(engine, kind) -> None:
     for dtype in NON_FLOAT:
-        for shape in ((3, 4, 5), (2, 3, 3)):
-            variable = spec(kind, shape, dtype)
+        for full in ((3, 4, 5), (2, 3, 3)):
+            variable = _random_spec(kind, full, dtype)
+            shape = variable.shape
             assert engine.prepare(variable, seed=SEED).info.zero_reason == "non_float_dtype", (dtype, shape)
             x = engine.generate(variable, seed=SEED)
             assert x.dtype == DTYPES[dtype].numpy and x.shape == shape
@@ -49,7 +57,7 @@ def test_random_initializers_give_zeros_for_non_float_dtypes(engine, kind) -> No
 
 def test_random_initializers_report_no_zero_reason_when_random(engine) -> None:
     for kind in RANDOM:
-        info = engine.prepare(spec(kind, (3, 4, 5)), seed=SEED).info
+        info = engine.prepare(_random_spec(kind, (3, 4, 5)), seed=SEED).info
         assert info.zero_reason == "", kind
     assert engine.prepare(spec("zeros", (3, 4)), seed=SEED).info.zero_reason == ""  # asked for, not a rule
 

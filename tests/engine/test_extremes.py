@@ -41,6 +41,8 @@ SHAPES = [
 ]
 DTYPES = ("float32", "complex128", "int8", "bool")
 MAX_DRAINED = 4096  # larger tensors: the first pieces only
+REQUIRED = {"sparse": {"sparsity": 0.5}}
+"""Parameters without a default."""
 
 
 def _bases(shape: tuple[int, ...]) -> list[BaseTensor]:
@@ -87,7 +89,7 @@ def test_every_initializer_over_extreme_shapes(engine, kind) -> None:
             for base in _bases(shape):
                 outcomes.add(_outcome(engine, spec(kind, shape, dtype, base=base)))
         else:
-            outcomes.add(_outcome(engine, spec(kind, shape, dtype)))
+            outcomes.add(_outcome(engine, spec(kind, shape, dtype, **REQUIRED.get(kind, {}))))
     assert outcomes == {"ok", "spec"}  # both happen: the shapes are not all refused up front
 
 
@@ -105,4 +107,4 @@ def test_every_initializer_with_extreme_parameters(engine, kind) -> None:
         numbers, EXTREME_NUMBERS, [(3, 4), (3, 3, 4, 4), (HUGE,) * 17 + (0, 1)], ("float32", "float16", "int8")
     ):
         value = (int(number) if abs(number) < 1e20 else 10**300) if param.integer else number
-        _outcome(engine, spec(kind, shape, dtype, **{param.name: value}))
+        _outcome(engine, spec(kind, shape, dtype, **{**REQUIRED.get(kind, {}), param.name: value}))

@@ -8,11 +8,9 @@ docs/determinism.md's version history, never an edit of these constants to make 
 
 weightgen/2 changed no digest of weightgen/1 (none of them covered the two values it changed: complex
 fan-based uniforms with JAX's names, and delta_orthogonal with an even kernel size) and added the
-three complex fan-based uniform digests below. The disk values go through the C library's cos and
-sin (docs/determinism.md, section 7), so these three are bit-stable per C library.
-
-Orthogonal and delta-orthogonal are deliberately absent: their QR goes through LAPACK and is bit-
-stable only per BLAS build (test_structured.py checks that they are deterministic instead).
+three complex fan-based uniform digests below, and one of the new `sparse` initializer. The disk
+values go through the C library's cos and sin (docs/determinism.md, section 7), so those are
+bit-stable per C library.
 """
 
 from __future__ import annotations
@@ -116,6 +114,12 @@ GOLDEN: list[tuple[str, VariableSpec, int, str]] = [
         spec("kaiming_uniform", (16, 8, 3), "complex64", name="c64/kaiming", fan_axes=CHANNELS_FIRST),
         SEED,
         "73c86f54f84f71ea1fcb9e70c44dd26c9c6815f233e7eda4a72b7c9007393cb7",
+    ),
+    (
+        "sparse_f32",  # weightgen/2 added sparse: the normal family with integer zero positions
+        spec("sparse", (40, 24), name="sparse", sparsity=0.3, stddev=0.5),
+        SEED,
+        "e2794f5743a42819bd73df4b943bc6a422aa63e3a00b25fadfd45cd07c30df87",
     ),
     (
         "lecun_uniform_seed_2_64_minus_1",

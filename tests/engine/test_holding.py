@@ -22,6 +22,8 @@ CASES = {
     "float32 column band": spec("random_uniform", (4096, 2048), slice=((0, 4096), (1000, 1010))),
     "complex64 disk whole": spec("he_uniform", (2048, 2048), "complex64"),
     "complex128 disk sliced": spec("glorot_uniform", (2048, 1024), "complex128", slice=((5, 2000), (3, 900))),
+    "sparse sliced": spec("sparse", (4096, 1024), sparsity=0.1, stddev=1.0, slice=((7, 4000), (3, 1000))),
+    "sparse whole": spec("sparse", (2048, 1024), "complex64", sparsity=0.5),
     "float32 small": spec("random_normal", (10, 10), stddev=1.0),
     "orthogonal": spec("orthogonal", (1024, 512)),
     "orthogonal complex128 sliced": spec(

@@ -14,11 +14,12 @@ SHAPE = (3, 3, 4, 6)  # channels_last: in 4, out 6; channels_first: out 3, in 3,
 PARAMS = {
     "constant": {"value": 0.5},
     "broadcast": {"base": base_tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])},
+    "sparse": {"sparsity": 0.5},
 }
 
 
 def generated(engine, kind: str, layout: str) -> bytes:
-    shape = (6, 6) if kind == "identity" else SHAPE
+    shape = (6, 6) if kind == "identity" else (36, 4) if kind == "sparse" else SHAPE  # both rank 2 only
     variable = spec(kind, shape, fan_axes=FanAxes(layout=layout), **PARAMS.get(kind, {}))
     return engine.generate(variable, seed=5).tobytes()
 

@@ -120,7 +120,7 @@ for _mode in ("fan_in", "fan_out", "fan_avg", "fan_geo_avg"):
 FAN_CASES.append(("variance_scaling", {}, "truncated", lambda fi, fo: math.sqrt(1 / fi)))  # defaults
 
 FILL_KINDS = {"zeros", "ones", "constant", "broadcast"}
-PLAIN_KINDS = {"random_normal", "random_uniform", "truncated_normal"}
+PLAIN_KINDS = {"random_normal", "random_uniform", "truncated_normal", "sparse"}  # sparse: test_sparse.py
 STRUCTURED_KINDS = {"orthogonal", "delta_orthogonal", "identity", "dirac"}  # test_structured.py
 
 

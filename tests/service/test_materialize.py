@@ -42,6 +42,15 @@ def _variables() -> list[pb.VariableSpec]:
         var("ones_bool", [9], init(ones={}), dtype=pb.DTYPE_BOOL),
         var("trunc_seeded", [300], init(truncated_normal={"stddev": 0.3}), seed=99),
         var("scalar", [], init(random_uniform={})),
+        var("sparse", [40, 30], init(sparse={"sparsity": 0.3, "stddev": 0.5})),
+        var(
+            "sparse_c64_slice",
+            [40, 30],
+            init(sparse={"sparsity": 0.25}),
+            dtype=pb.DTYPE_COMPLEX64,
+            slice=[pb.Range(start=7, stop=33), pb.Range(start=2, stop=29)],
+        ),
+        var("he_uniform_c128", [12, 20], init(he_uniform={}), dtype=pb.DTYPE_COMPLEX128),
     ]
 
 
@@ -125,6 +134,9 @@ def test_list_initializers(stub):
             if field.message_type is not None:  # the broadcast base: required, no default
                 assert (p.type, p.default_value) == ("Tensor", ""), f"{f.name}.{p.name}"
                 continue
+            if (f.name, p.name) == ("sparse", "sparsity"):  # required, as in PyTorch's sparse_
+                assert p.default_value == "" and "required" in p.description
+                continue
             assert p.default_value != "", f"{f.name}.{p.name} has no default"
             if field.enum_type is not None:
                 assert p.type == field.enum_type.name
@@ -141,3 +153,28 @@ def test_list_initializers(stub):
     assert (float(defaults["min"]), float(defaults["max"])) == (0.0, 1.0)
     modes = {p.name: p for p in listed["variance_scaling"].parameters}["mode"]
     assert modes.default_value == "fan_in" and set(modes.choices) == {"fan_in", "fan_out", "fan_avg", "fan_geo_avg"}
+
+
+def test_sparse_over_grpc(stub):
+    """PyTorch's sparse_ through the real server: ceil(sparsity * rows) zeros in every column, a
+    slice is the whole tensor's hyperslab, and a missing sparsity or a rank other than 2 is
+    INVALID_ARGUMENT naming the field."""
+    import grpc
+
+    whole = var("s", [50, 16], init(sparse={"sparsity": 0.3, "stddev": 2.0}))
+    rows = [pb.Range(start=10, stop=41), pb.Range(start=0, stop=16)]
+    part = var("s", [50, 16], init(sparse={"sparsity": 0.3, "stddev": 2.0}), slice=rows)
+    got = fetch(stub, pb.MaterializeRequest(seed=SEED, variables=[whole]))[0]
+    x = np.frombuffer(bytes(got.data), "<f4").reshape(50, 16)
+    assert ((x == 0).sum(axis=0) == 15).all()  # ceil(0.3 * 50) = 15
+    sliced = fetch(stub, pb.MaterializeRequest(seed=SEED, variables=[part]))[0]
+    np.testing.assert_array_equal(np.frombuffer(bytes(sliced.data), "<f4").reshape(31, 16), x[10:41])
+    for variable, field in (
+        (var("s", [50, 16], init(sparse={"stddev": 1.0})), "sparsity"),
+        (var("s", [50, 16, 2], init(sparse={"sparsity": 0.5})), "shape"),
+        (var("s", [50, 16], init(sparse={"sparsity": 1.5})), "sparsity"),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            fetch(stub, pb.MaterializeRequest(seed=SEED, variables=[variable]))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in error.value.details()

@@ -298,6 +298,14 @@ class Dirac(_message.Message):
     groups: int
     def __init__(self, groups: _Optional[int] = ...) -> None: ...
 
+class Sparse(_message.Message):
+    __slots__ = ("sparsity", "stddev")
+    SPARSITY_FIELD_NUMBER: _ClassVar[int]
+    STDDEV_FIELD_NUMBER: _ClassVar[int]
+    sparsity: float
+    stddev: float
+    def __init__(self, sparsity: _Optional[float] = ..., stddev: _Optional[float] = ...) -> None: ...
+
 class Broadcast(_message.Message):
     __slots__ = ("base",)
     BASE_FIELD_NUMBER: _ClassVar[int]
@@ -305,7 +313,7 @@ class Broadcast(_message.Message):
     def __init__(self, base: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class Initializer(_message.Message):
-    __slots__ = ("zeros", "ones", "constant", "random_normal", "random_uniform", "truncated_normal", "glorot_uniform", "glorot_normal", "xavier_uniform", "xavier_normal", "he", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform", "variance_scaling", "orthogonal", "identity", "broadcast", "kaiming_uniform", "kaiming_normal", "dirac", "delta_orthogonal", "fan_axes")
+    __slots__ = ("zeros", "ones", "constant", "random_normal", "random_uniform", "truncated_normal", "glorot_uniform", "glorot_normal", "xavier_uniform", "xavier_normal", "he", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform", "variance_scaling", "orthogonal", "identity", "broadcast", "kaiming_uniform", "kaiming_normal", "dirac", "delta_orthogonal", "sparse", "fan_axes")
     ZEROS_FIELD_NUMBER: _ClassVar[int]
     ONES_FIELD_NUMBER: _ClassVar[int]
     CONSTANT_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +337,7 @@ class Initializer(_message.Message):
     KAIMING_NORMAL_FIELD_NUMBER: _ClassVar[int]
     DIRAC_FIELD_NUMBER: _ClassVar[int]
     DELTA_ORTHOGONAL_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
     FAN_AXES_FIELD_NUMBER: _ClassVar[int]
     zeros: Zeros
     ones: Ones
@@ -353,8 +362,9 @@ class Initializer(_message.Message):
     kaiming_normal: Kaiming
     dirac: Dirac
     delta_orthogonal: DeltaOrthogonal
+    sparse: Sparse
     fan_axes: FanAxes
-    def __init__(self, zeros: _Optional[_Union[Zeros, _Mapping]] = ..., ones: _Optional[_Union[Ones, _Mapping]] = ..., constant: _Optional[_Union[Constant, _Mapping]] = ..., random_normal: _Optional[_Union[RandomNormal, _Mapping]] = ..., random_uniform: _Optional[_Union[RandomUniform, _Mapping]] = ..., truncated_normal: _Optional[_Union[TruncatedNormal, _Mapping]] = ..., glorot_uniform: _Optional[_Union[GlorotUniform, _Mapping]] = ..., glorot_normal: _Optional[_Union[GlorotNormal, _Mapping]] = ..., xavier_uniform: _Optional[_Union[XavierUniform, _Mapping]] = ..., xavier_normal: _Optional[_Union[XavierNormal, _Mapping]] = ..., he: _Optional[_Union[He, _Mapping]] = ..., he_normal: _Optional[_Union[HeNormal, _Mapping]] = ..., he_uniform: _Optional[_Union[HeUniform, _Mapping]] = ..., lecun_normal: _Optional[_Union[LecunNormal, _Mapping]] = ..., lecun_uniform: _Optional[_Union[LecunUniform, _Mapping]] = ..., variance_scaling: _Optional[_Union[VarianceScaling, _Mapping]] = ..., orthogonal: _Optional[_Union[Orthogonal, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., broadcast: _Optional[_Union[Broadcast, _Mapping]] = ..., kaiming_uniform: _Optional[_Union[Kaiming, _Mapping]] = ..., kaiming_normal: _Optional[_Union[Kaiming, _Mapping]] = ..., dirac: _Optional[_Union[Dirac, _Mapping]] = ..., delta_orthogonal: _Optional[_Union[DeltaOrthogonal, _Mapping]] = ..., fan_axes: _Optional[_Union[FanAxes, _Mapping]] = ...) -> None: ...
+    def __init__(self, zeros: _Optional[_Union[Zeros, _Mapping]] = ..., ones: _Optional[_Union[Ones, _Mapping]] = ..., constant: _Optional[_Union[Constant, _Mapping]] = ..., random_normal: _Optional[_Union[RandomNormal, _Mapping]] = ..., random_uniform: _Optional[_Union[RandomUniform, _Mapping]] = ..., truncated_normal: _Optional[_Union[TruncatedNormal, _Mapping]] = ..., glorot_uniform: _Optional[_Union[GlorotUniform, _Mapping]] = ..., glorot_normal: _Optional[_Union[GlorotNormal, _Mapping]] = ..., xavier_uniform: _Optional[_Union[XavierUniform, _Mapping]] = ..., xavier_normal: _Optional[_Union[XavierNormal, _Mapping]] = ..., he: _Optional[_Union[He, _Mapping]] = ..., he_normal: _Optional[_Union[HeNormal, _Mapping]] = ..., he_uniform: _Optional[_Union[HeUniform, _Mapping]] = ..., lecun_normal: _Optional[_Union[LecunNormal, _Mapping]] = ..., lecun_uniform: _Optional[_Union[LecunUniform, _Mapping]] = ..., variance_scaling: _Optional[_Union[VarianceScaling, _Mapping]] = ..., orthogonal: _Optional[_Union[Orthogonal, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., broadcast: _Optional[_Union[Broadcast, _Mapping]] = ..., kaiming_uniform: _Optional[_Union[Kaiming, _Mapping]] = ..., kaiming_normal: _Optional[_Union[Kaiming, _Mapping]] = ..., dirac: _Optional[_Union[Dirac, _Mapping]] = ..., delta_orthogonal: _Optional[_Union[DeltaOrthogonal, _Mapping]] = ..., sparse: _Optional[_Union[Sparse, _Mapping]] = ..., fan_axes: _Optional[_Union[FanAxes, _Mapping]] = ...) -> None: ...
 
 class VariableSpec(_message.Message):
     __slots__ = ("name", "shape", "dtype", "initializer", "seed", "slice", "resume_offset", "sequence_index")
