@@ -39,13 +39,20 @@ if TYPE_CHECKING:
     from .files import Manifest
 
 
+def _number(value: float, what: str) -> float:
+    """A config's number as a float; a boolean (``"initializer_range": true``) is refused, not 1.0."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: expected a number, got the boolean {value!r}")
+    return float(value)
+
+
 def _normal(std: float) -> pb.Initializer:
     """``normal_(mean=0, std=std)``: weightgen's random_normal (untruncated), std set explicitly."""
-    return pb.Initializer(random_normal=pb.RandomNormal(stddev=float(std), mean=0.0))
+    return pb.Initializer(random_normal=pb.RandomNormal(stddev=_number(std, "the config's std"), mean=0.0))
 
 
 def _constant(value: float) -> pb.Initializer:
-    return pb.Initializer(constant=pb.Constant(value=float(value)))
+    return pb.Initializer(constant=pb.Constant(value=_number(value, "the config's constant")))
 
 
 def _named(description: str, match: Callable[[Param], bool]) -> Callable[[Param], bool]:

@@ -479,3 +479,15 @@ def test_seed_checkpoint_cli_errors(tmp_path, capsys, monkeypatch):
     error = fails("spec", "--hf-config", str(config_file))
     assert "needs torch and transformers" in error and "pip install torch transformers" in error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_a_boolean_in_the_config_is_not_a_std():
+    """``"initializer_range": true`` would be std 1.0 through float(): refused with the reason.
+    (transformers' own config classes refuse it too; a plain config object need not.)"""
+    from types import SimpleNamespace
+
+    from weightgen.client.hf import _generic_rules
+
+    with pytest.raises(ValueError, match="expected a number, got the boolean True"):
+        _generic_rules(SimpleNamespace(initializer_range=True))
+    assert _generic_rules(SimpleNamespace(initializer_range=0.5))  # a number is fine
