@@ -390,6 +390,22 @@ VARIABLE_CASES = [
         "initializer.dirac.groups",
         "Dirac.groups",
     ),
+    bad_variable(
+        "sparse without sparsity", var("w", [4, 4], init(sparse={})), "initializer.sparse.sparsity", "Sparse.sparsity"
+    ),
+    bad_variable(
+        "sparse sparsity above 1",
+        var("w", [4, 4], init(sparse={"sparsity": 1.5})),
+        "initializer.sparse.sparsity",
+        "Sparse.sparsity",
+    ),
+    bad_variable(
+        "sparse NaN stddev",
+        var("w", [4, 4], init(sparse={"sparsity": 0.5, "stddev": NAN})),
+        "initializer.sparse.stddev",
+        "Sparse.stddev",
+    ),
+    bad_variable("sparse rank 3", var("w", [4, 4, 4], init(sparse={"sparsity": 0.5})), "shape", "Initializer.sparse"),
     # Broadcast and its Tensor base
     bad_variable(
         "broadcast without a base",
