@@ -108,6 +108,12 @@ def verify_file(
         for tensor in client.stream(request, session=session):
             entry = entries[tensor.name]
             problems = []
+            if manifest.generator and tensor.info.generator not in manifest.generator.split(","):
+                # Another contract version may give other values (docs/determinism.md, "Version history").
+                problems.append(
+                    f"made under contract {manifest.generator}, the server speaks {tensor.info.generator}: "
+                    "values may differ by design; verify against a server of the file's contract"
+                )
             if tensor.digest.hex() != entry.digest:
                 problems.append(f"server digest {tensor.digest.hex()[:16]}... != manifest {entry.digest[:16]}...")
             stored = in_file.pop(tensor.name, None)

@@ -139,3 +139,20 @@ def test_identical_fetches_write_identical_files(client, tmp_path):
     record = read_manifest(timed)
     assert record.created.endswith("Z") and record.seconds > 0
     assert record.variables == read_manifest(first).variables
+
+
+def test_verify_names_a_file_made_under_another_contract(client, tmp_path):
+    from weightgen.v1.version import CONTRACT
+
+    path = tmp_path / "old.safetensors"
+    client.materialize_to_file(VARIABLES, path, seed=3)
+    assert all(check.ok for check in verify_file(client, path))
+    # The same file as if an older server had written it (same length: the header stays valid).
+    older = "weightgen/0"
+    assert len(older) == len(CONTRACT)
+    raw = path.read_bytes()
+    field = '\\"generator\\":\\"{}\\"'  # the manifest is a JSON string inside the header's JSON
+    assert raw.count(field.format(CONTRACT).encode()) == 1
+    path.write_bytes(raw.replace(field.format(CONTRACT).encode(), field.format(older).encode()))
+    checks = verify_file(client, path)
+    assert checks and all(f"made under contract {older}, the server speaks {CONTRACT}" in c.problems[0] for c in checks)
