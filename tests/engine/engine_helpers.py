@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 from typing import Any
 
@@ -57,3 +58,19 @@ def streamed(engine: Engine, variable: VariableSpec, seed: int) -> np.ndarray:
     pieces = list(engine.stream(prepared))
     flat = np.concatenate(pieces) if pieces else np.zeros(0, prepared.dtype.numpy)
     return flat.reshape(prepared.info.out_shape)
+
+
+KS_C = math.sqrt(-math.log(1e-8 / 2) / 2)
+"""Two-sample Kolmogorov-Smirnov at alpha = 1e-8: D <= KS_C * sqrt((n + m) / (n m))."""
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic of two 1-D samples."""
+    a, b = np.sort(a), np.sort(b)
+    at = np.concatenate([a, b])
+    return float(np.max(np.abs(np.searchsorted(a, at, "right") / a.size - np.searchsorted(b, at, "right") / b.size)))
+
+
+def ks_bound(n: int, m: int) -> float:
+    """The largest statistic two samples of sizes n and m from one distribution reach at alpha = 1e-8."""
+    return KS_C * math.sqrt((n + m) / (n * m))

@@ -7,7 +7,7 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-from engine_helpers import CHANNELS_FIRST, base_tensor, spec
+from engine_helpers import CHANNELS_FIRST, base_tensor, ks_bound, ks_statistic, spec
 
 from weightgen.server.engine import REGISTRY
 from weightgen.server.engine.dtypes import DTYPES
@@ -167,18 +167,6 @@ def test_every_dtype_generates(engine, dtype) -> None:
 
 CONV = (3, 3, 64, 128)  # channels-last: fan_in 576, fan_out 1152
 CONV_FANS = {"fan_in": 576, "fan_out": 1152, "fan_avg": 864, "fan_geo_avg": math.sqrt(576 * 1152)}
-KS_C = math.sqrt(-math.log(1e-8 / 2) / 2)
-
-
-def _ks(a: np.ndarray, b: np.ndarray) -> float:
-    """The two-sample Kolmogorov-Smirnov statistic of two 1-D samples."""
-    a, b = np.sort(a), np.sort(b)
-    at = np.concatenate([a, b])
-    return float(np.max(np.abs(np.searchsorted(a, at, "right") / a.size - np.searchsorted(b, at, "right") / b.size)))
-
-
-def _ks_bound(n: int, m: int) -> float:
-    return KS_C * math.sqrt((n + m) / (n * m))
 
 
 def _jax_cases():
@@ -225,10 +213,10 @@ def test_complex_uniform_is_jax(engine, dtype, kind, params, jax_name, jax_args,
     assert reference.dtype == np.dtype(dtype)
     _check_disk(reference, variance)  # JAX's own statistics: what the contract matches
     ours, theirs = z.astype(np.complex128).ravel(), reference.astype(np.complex128).ravel()
-    bound = _ks_bound(ours.size, theirs.size)
-    assert _ks(np.abs(ours), np.abs(theirs)) <= bound
-    assert _ks(np.angle(ours), np.angle(theirs)) <= bound
-    assert _ks(ours.real, theirs.real) <= bound and _ks(ours.imag, theirs.imag) <= bound
+    bound = ks_bound(ours.size, theirs.size)
+    assert ks_statistic(np.abs(ours), np.abs(theirs)) <= bound
+    assert ks_statistic(np.angle(ours), np.angle(theirs)) <= bound
+    assert ks_statistic(ours.real, theirs.real) <= bound and ks_statistic(ours.imag, theirs.imag) <= bound
 
 
 @pytest.mark.parametrize("dtype", ["complex64", "complex128"])
@@ -261,6 +249,6 @@ def test_complex_uniform_torch_names_are_torch(engine, dtype, kind, params, torc
             assert np.abs(part).max() <= limit * (1 + 2.0**-20)
             assert part.max() > limit * (1 - 40 / n) and part.min() < -limit * (1 - 40 / n)
     ours, theirs = z.astype(np.complex128).ravel(), reference.numpy().astype(np.complex128).ravel()
-    bound = _ks_bound(ours.size, theirs.size)
-    assert _ks(ours.real, theirs.real) <= bound and _ks(ours.imag, theirs.imag) <= bound
-    assert _ks(np.abs(ours), np.abs(theirs)) <= bound
+    bound = ks_bound(ours.size, theirs.size)
+    assert ks_statistic(ours.real, theirs.real) <= bound and ks_statistic(ours.imag, theirs.imag) <= bound
+    assert ks_statistic(np.abs(ours), np.abs(theirs)) <= bound

@@ -13,23 +13,12 @@ import math
 
 import numpy as np
 import pytest
-from engine_helpers import digest, spec
+from engine_helpers import digest, ks_bound, ks_statistic, spec
 
 from weightgen.server.engine import SpecError, VariableSpec, rng
 from weightgen.server.engine.sparse import ROUNDS
 
 SEED = 31337
-KS_C = math.sqrt(-math.log(1e-8 / 2) / 2)
-
-
-def _ks(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.sort(a), np.sort(b)
-    at = np.concatenate([a, b])
-    return float(np.max(np.abs(np.searchsorted(a, at, "right") / a.size - np.searchsorted(b, at, "right") / b.size)))
-
-
-def _ks_bound(n: int, m: int) -> float:
-    return KS_C * math.sqrt((n + m) / (n * m))
 
 
 @pytest.mark.parametrize(
@@ -98,9 +87,9 @@ def test_values_and_positions_match_torch(engine) -> None:
         mu, s2 = cols * p, cols * p * (1 - p)
         se = math.sqrt(rows * (4 * mu * mu * s2 + 2 * s2 * s2)) / (cols * (cols - 1))
         assert abs(off.mean() - zeros * zeros / rows) <= 6 * se
-    bound = _ks_bound(x.size, t.size)
-    assert _ks(x[x != 0], t[t != 0]) <= bound
-    assert _ks((x == 0).sum(axis=1), (t == 0).sum(axis=1)) <= _ks_bound(rows, rows)
+    bound = ks_bound(x.size, t.size)
+    assert ks_statistic(x[x != 0], t[t != 0]) <= bound
+    assert ks_statistic((x == 0).sum(axis=1), (t == 0).sum(axis=1)) <= ks_bound(rows, rows)
 
 
 def _slice(variable: VariableSpec, ranges) -> VariableSpec:
