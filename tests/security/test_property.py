@@ -31,6 +31,7 @@ from weightgen.v1 import weightgen_pb2_grpc, wire
 
 EXAMPLES = int(os.environ.get("WEIGHTGEN_PROPERTY_EXAMPLES", "100"))
 CAP = 200_000  # elements a valid variable may generate in full
+INT64_MAX = 2**63 - 1
 EXPECTED_ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -153,7 +154,8 @@ def slices(draw, shape: list[int], category: str, cap: int, clean: bool) -> list
         if broken == "reversed":
             ranges[axis] = (1, 0)
         elif broken == "past":
-            ranges[axis] = (0, d + 1)
+            # One past the end; a dimension of 2^63 - 1 has no such stop on the wire (int64).
+            ranges[axis] = (0, d + 1) if d < INT64_MAX else (1, 0)
         elif broken == "negative":
             ranges[axis] = (-1, 0)
         else:
