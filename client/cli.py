@@ -490,9 +490,8 @@ def cmd_explain(args: argparse.Namespace, out: Console, err: Console) -> int:
     else:
         table = Table("tensor", "shape", "dtype", "initializer", "chosen by", box=None)
         for c in choices.values():
-            what = f"= {c.tied} (tied)" if c.tied else str(c).split(": ", 1)[1].split("  <- ")[0]
             rule = c.source + (f" [yellow](overrides {escape(c.overrides)})[/yellow]" if c.overrides else "")
-            table.add_row(escape(c.key), "x".join(map(str, c.shape)) or "scalar", c.dtype, escape(what), rule)
+            table.add_row(escape(c.key), "x".join(map(str, c.shape)) or "scalar", c.dtype, escape(c.what), rule)
         out.print(table)
     for warning in caught:
         err.print(f"warning: {warning.message}", markup=False, highlight=False, soft_wrap=True)

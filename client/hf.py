@@ -433,7 +433,7 @@ def _zero_rows(
 ) -> dict[str, list[int]]:
     """The padding rows the rules zero after the fetch, as data a file's manifest can record;
     ValueError for any other fix-up (a file cannot apply a Python function)."""
-    from .torch import _matches
+    from .torch import matches
 
     out: dict[str, list[int]] = {}
     for prefix, module in model.named_modules():
@@ -442,7 +442,7 @@ def _zero_rows(
             if key not in variables:
                 continue
             param = Param(key, module, name, tuple(value.shape), value.dtype)
-            rule = next((r for k, r in table if _matches(k, param)), None)
+            rule = next((r for k, r in table if matches(k, param)), None)
             if rule is None or rule.fixup is None:
                 continue
             if rule.fixup is not zero_padding_row:

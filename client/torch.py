@@ -44,7 +44,7 @@ from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1.initializers import FAN_AXES_KINDS
 
 from .sharding import Range, ShardFn, fetch_shards, rank_slice
-from .specs import InitializerLike, Variable, initializer
+from .specs import InitializerLike, Variable, dtype_value, initializer
 
 if TYPE_CHECKING:
     from .client import Client, Session
@@ -98,7 +98,8 @@ tuple of types, attribute-name glob) pair (``(nn.Linear, "bias")``), or a predic
 Rules = Mapping[RuleKey, RuleValue] | Sequence[tuple[RuleKey, RuleValue]]
 
 
-def _matches(key: RuleKey, param: Param) -> bool:
+def matches(key: RuleKey, param: Param) -> bool:
+    """Whether rule key `key` applies to `param` (see `RuleKey`)."""
     if isinstance(key, str):
         return fnmatch.fnmatchcase(param.key, key)
     if isinstance(key, tuple):
@@ -236,12 +237,9 @@ def _with_layout(message: pb.Initializer | None, layout: int) -> pb.Initializer 
 
 def torch_dtype_name(dtype: Any) -> str:
     """The weightgen dtype name of a torch dtype (``torch.bfloat16`` -> ``"bfloat16"``)."""
-    name = str(dtype).removeprefix("torch.")
     from weightgen.v1 import wire
 
-    if name not in wire.BY_NAME:
-        raise ValueError(f"weightgen has no dtype for {dtype}; choose from {', '.join(wire.BY_NAME)}")
-    return name
+    return wire.dtype_name(dtype_value(dtype))
 
 
 @dataclass
@@ -318,8 +316,8 @@ def _resolve(module: Any, entries: list[_Entry], rules: Rules | None, preset: st
         if entry.primary != entry.param.key:
             continue
         param = entry.param
-        chosen = next(((k, v) for k, v in user if _matches(k, param)), None)
-        fallback = next(((k, r) for k, r in table if _matches(k, param)), None)
+        chosen = next(((k, v) for k, v in user if matches(k, param)), None)
+        fallback = next(((k, r) for k, r in table if matches(k, param)), None)
         if chosen is not None:
             entry.rule = PresetRule(chosen[1])
             entry.source = f"rules[{_describe_key(chosen[0])}]"
@@ -393,15 +391,15 @@ class Choice:
     overrides: str = ""
     tied: str = ""
 
+    @property
+    def what(self) -> str:
+        """The initializer, as text (``= key (tied)`` for a tied tensor, ``-`` when none is fetched)."""
+        if self.tied:
+            return f"= {self.tied} (tied)"
+        return _describe_value(self.variable.initializer) if self.variable is not None else "-"
+
     def __str__(self) -> str:
-        what = (
-            f"= {self.tied} (tied)"
-            if self.tied
-            else _describe_value(self.variable.initializer)
-            if self.variable is not None
-            else "-"
-        )
-        line = f"{self.key} {list(self.shape)} {self.dtype}: {what}  <- {self.source}"
+        line = f"{self.key} {list(self.shape)} {self.dtype}: {self.what}  <- {self.source}"
         return line + (f"  [overrides {self.overrides}]" if self.overrides else "")
 
 
@@ -661,6 +659,7 @@ __all__ = [
     "dtensor_block",
     "explain_table",
     "fan_in",
+    "matches",
     "materialize_module",
     "module_variables",
     "padding_note",
