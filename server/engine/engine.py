@@ -17,6 +17,7 @@ from it; broadcast cuts its pieces from the flat base and converts each one alon
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import statistics
 import threading
@@ -89,8 +90,9 @@ class Prepared:
     @property
     def content_key(self) -> tuple | None:
         """A hashable value that is equal for two prepared variables only when their delivered bytes
-        are equal by construction (same values, dtype and slice): random and constant tensors. None
-        for structured and broadcast tensors. Floats enter by their bits (-0.0 is not 0.0)."""
+        are equal by construction (same values, dtype and slice): random, constant and structured
+        tensors (the latter by their whole tensor's key). None for broadcasts (their base is the
+        request's bytes). Floats enter by their bits (-0.0 is not 0.0)."""
         where = (self.dtype.name, self.plan.shape, self.plan.start, self.plan.stop)
         if isinstance(self.recipe, Fill):
             value = complex(self.recipe.value)
@@ -101,7 +103,8 @@ class Prepared:
             return ("sparse", self.key, self.recipe.zeros, float_bits(self.affine.coefficients), *where)
         if self.affine is not None:
             return ("random", self.key, self.affine.family, float_bits(self.affine.coefficients), *where)
-        return None
+        whole = self.whole_key
+        return None if whole is None else ("structured", whole, *where)
 
     @property
     def whole_key(self) -> tuple | None:
@@ -254,7 +257,9 @@ class Engine:
 
     # -- streaming ---------------------------------------------------------------------------
 
-    def stream(self, prepared: Prepared, cancelled: threading.Event | None = None) -> Iterator[np.ndarray]:
+    def stream(
+        self, prepared: Prepared, cancelled: threading.Event | None = None, skip: int = 0
+    ) -> Iterator[np.ndarray]:
         """The delivered tensor as consecutive flat arrays of its dtype, each at most
         `kernels.CALL_ELEMENTS` elements (read-only; do not keep references longer than needed).
 
@@ -262,23 +267,38 @@ class Engine:
         work (a whole-tensor build included). A pull that waits for a structured build (a build
         slot, or another stream building the same tensor) polls `cancelled` and raises `Cancelled`
         once it is set. Closing the generator releases what it holds and cancels what has not
-        started."""
+        started. `skip` leaves out the first pieces without computing them (`seek` says how many)."""
         recipe, dtype, plan = prepared.recipe, prepared.dtype, prepared.plan
         if plan.size == 0:
             return
         if isinstance(recipe, Fill):
-            yield from self._fill(recipe, dtype, plan)
+            yield from self._fill(recipe, dtype, plan, skip)
         elif isinstance(recipe, Uniform | Normal):
-            yield from self._random(prepared.key, prepared.affine, dtype, plan)
+            yield from self._random(prepared.key, prepared.affine, dtype, plan, skip)
         elif isinstance(recipe, Disk):
-            for values in self._random_values(prepared.key, prepared.affine, dtype, plan):
+            for values in self._random_values(prepared.key, prepared.affine, dtype, plan, skip):
                 yield dtypes.cast_final(_disk(values, recipe.radius), dtype)
         elif isinstance(recipe, Sparse):
-            yield from self._sparse(prepared, recipe)
+            yield from self._sparse(prepared, recipe, skip)
         elif isinstance(recipe, Broadcast):
-            yield from self._broadcast(recipe, dtype, plan)
+            yield from self._broadcast(recipe, dtype, plan, skip)
         else:
-            yield from self._structured(prepared, cancelled)
+            yield from self._structured(prepared, cancelled, skip)
+
+    def seek(self, prepared: Prepared, element: int) -> tuple[int, int]:
+        """Where `stream` starts to deliver element `element` (of the delivered ones, in order):
+        (pieces to skip, the first element of the piece that holds it). Pieces are one kernel call
+        each, so a whole tensor's (and a constant's) are CALL_ELEMENTS long; a slice's are walked."""
+        plan = prepared.plan
+        if isinstance(prepared.recipe, Fill) or plan.is_whole:
+            skip = min(element, max(plan.size - 1, 0)) // kernels.CALL_ELEMENTS
+            return skip, skip * kernels.CALL_ELEMENTS
+        skip = at = 0
+        for piece in _pieces(plan):
+            if at + piece.size > element:
+                break
+            skip, at = skip + 1, at + piece.size
+        return skip, at
 
     def holding_bytes(self, prepared: Prepared, chunk_bytes: int) -> int:
         """An upper estimate of the bytes the server holds while streaming `prepared`, to reserve
@@ -374,28 +394,30 @@ class Engine:
             at += values.size
         return out.reshape(prepared.info.out_shape)
 
-    def _fill(self, recipe: Fill, dtype: DTypeInfo, plan: Plan) -> Iterator[np.ndarray]:
+    def _fill(self, recipe: Fill, dtype: DTypeInfo, plan: Plan, skip: int = 0) -> Iterator[np.ndarray]:
         value = recipe.value if dtype.kind is Kind.COMPLEX else recipe.value.real
         buffer = np.full(min(plan.size, kernels.CALL_ELEMENTS), value, dtype.numpy)
         buffer.flags.writeable = False
-        for at in range(0, plan.size, buffer.size):
+        for at in range(skip * buffer.size, plan.size, buffer.size):
             yield buffer[: min(buffer.size, plan.size - at)]
 
-    def _broadcast(self, recipe: Broadcast, dtype: DTypeInfo, plan: Plan) -> Iterator[np.ndarray]:
+    def _broadcast(self, recipe: Broadcast, dtype: DTypeInfo, plan: Plan, skip: int = 0) -> Iterator[np.ndarray]:
         """Each piece gathered from the flat base and converted on its own: a widening (uint8 to
         complex128: 16x) never exists for more than a piece."""
-        for piece in _pieces(plan):
+        for piece in _pieces(plan, skip):
             yield initializers.convert(piece.take(recipe.base), recipe.source, dtype)
 
-    def _random(self, key: rng.Key, affine: sampling.Affine, dtype: DTypeInfo, plan: Plan) -> Iterator[np.ndarray]:
-        yield from (dtypes.cast_final(v, dtype) for v in self._random_values(key, affine, dtype, plan))
+    def _random(
+        self, key: rng.Key, affine: sampling.Affine, dtype: DTypeInfo, plan: Plan, skip: int = 0
+    ) -> Iterator[np.ndarray]:
+        yield from (dtypes.cast_final(v, dtype) for v in self._random_values(key, affine, dtype, plan, skip))
 
     def _random_values(
-        self, key: rng.Key, affine: sampling.Affine, dtype: DTypeInfo, plan: Plan
+        self, key: rng.Key, affine: sampling.Affine, dtype: DTypeInfo, plan: Plan, skip: int = 0
     ) -> Iterator[np.ndarray]:
         block = rng.BLOCK_ELEMENTS
         parts = 2 if dtype.kind is Kind.COMPLEX else 1
-        pieces = _pieces(plan)
+        pieces = _pieces(plan, skip)
         pending: deque[tuple[Piece, list[tuple[Job, Future[np.ndarray]]]]] = deque()
 
         total_blocks = -(-math.prod(plan.shape) // block)
@@ -425,21 +447,21 @@ class Engine:
                 for job, future in calls:
                     self.pool.release(job, future)
 
-    def _sparse(self, prepared: Prepared, recipe: Sparse) -> Iterator[np.ndarray]:
+    def _sparse(self, prepared: Prepared, recipe: Sparse, skip: int = 0) -> Iterator[np.ndarray]:
         """random_normal's values of each piece, with the piece's elements that are zeros of
         PyTorch's sparse_ (`sparse.zero_mask`, element by element) set to 0."""
         dtype, plan = prepared.dtype, prepared.plan
         rows, cols = plan.shape
-        values = self._random_values(prepared.key, prepared.affine, dtype, plan)
-        for piece, piece_values in zip(_pieces(plan), values, strict=True):
+        values = self._random_values(prepared.key, prepared.affine, dtype, plan, skip)
+        for piece, piece_values in zip(_pieces(plan, skip), values, strict=True):
             flat = (piece.starts[:, None] + np.arange(piece.length, dtype=np.int64)[None, :]).ravel()
             zeros = sparse.zero_mask(prepared.key, rows, cols, recipe.zeros, flat)
             yield dtypes.cast_final(np.where(zeros, piece_values.dtype.type(0), piece_values), dtype)
 
-    def _structured(self, prepared: Prepared, cancelled: threading.Event | None) -> Iterator[np.ndarray]:
+    def _structured(self, prepared: Prepared, cancelled: threading.Event | None, skip: int = 0) -> Iterator[np.ndarray]:
         """Pieces cut from the whole tensor, which is built once for all streams that want it."""
         whole = self.whole_cache.get(prepared.whole_key, lambda: self._build_whole(prepared, cancelled), cancelled)
-        for piece in _pieces(prepared.plan):
+        for piece in _pieces(prepared.plan, skip):
             yield piece.take(whole)
 
     def _build_whole(self, prepared: Prepared, cancelled: threading.Event | None) -> np.ndarray:
@@ -460,10 +482,11 @@ class Engine:
         return np.ascontiguousarray(values).reshape(-1)
 
 
-def _pieces(plan: Plan) -> Iterator[Piece]:
+def _pieces(plan: Plan, skip: int = 0) -> Iterator[Piece]:
     """The delivered elements as pieces of at most one kernel call each, cut at call windows: the
-    one way every recipe walks a plan, slices included."""
-    return plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS)
+    one way every recipe walks a plan, slices included; the first `skip` left out."""
+    pieces = plan.pieces(kernels.CALL_ELEMENTS, kernels.CALL_ELEMENTS)
+    return itertools.islice(pieces, skip, None) if skip else pieces
 
 
 _SPARSE_BYTES = 160

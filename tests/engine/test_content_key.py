@@ -3,8 +3,9 @@ the digests that streams of the same bytes share)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from engine_helpers import spec
+from engine_helpers import base_tensor, spec
 
 BASE = ("random_normal", (4, 8))
 
@@ -34,7 +35,20 @@ def test_content_keys_tell_minus_zero_from_zero_and_skip_what_they_cannot_key(en
 
     assert key("constant", value=0.0) != key("constant", value=-0.0)
     assert key("random_normal", mean=0.0, stddev=0.0) != key("random_normal", mean=-0.0, stddev=0.0)
-    assert key("orthogonal") is None
+    assert key("broadcast", base=base_tensor(np.arange(8.0))) is None  # its base is the request's bytes
+
+
+def test_structured_tensors_are_keyed_by_their_whole_tensor_and_slice(engine):
+    def key(kind, seed=1, **kwargs):
+        return engine.prepare(spec(kind, (8, 8), **kwargs), seed=seed).content_key
+
+    assert key("orthogonal") == key("orthogonal") is not None
+    assert key("orthogonal") != key("orthogonal", seed=2)
+    assert key("orthogonal") != key("orthogonal", scale=2.0)
+    assert key("orthogonal") != key("orthogonal", slice=((0, 4), (0, 8)))
+    assert key("orthogonal", slice=((0, 4), (0, 8))) == key("orthogonal", slice=((0, 4), (0, 8)))
+    # identity draws nothing: every seed and name gives the same bytes
+    assert key("identity") == key("identity", seed=2) == key("identity", name="other")
 
 
 def test_disk_uniforms_are_keyed_apart_from_the_uniforms_they_transform(engine):
