@@ -47,6 +47,13 @@ class Config:
         default=128 << 20,
         metadata={"help": "bytes of generated blocks kept for identical requests (herds); 0 disables"},
     )
+    chunk_cache_bytes: int = field(
+        default=128 << 20,
+        metadata={
+            "help": "bytes of serialized chunk messages kept, so streams of the same request (herds, repeats) "
+            "send them without building them again; 0 disables"
+        },
+    )
     digest_cache_entries: int = field(
         default=4096,
         metadata={"help": "finished variable digests kept, so a repeat of the same bytes hashes nothing; 0 disables"},
@@ -223,6 +230,7 @@ def validate(config: Config) -> None:
         )
     for name in (
         "cache_bytes",
+        "chunk_cache_bytes",
         "session_cache_bytes",
         "digest_cache_entries",
         "whole_cache_bytes",

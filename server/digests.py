@@ -43,6 +43,11 @@ class SharedDigest:
     def complete(self) -> bool:
         return self._position == self.total
 
+    @property
+    def position(self) -> int:
+        """Bytes hashed so far: a stream may skip generating bytes before it, not after."""
+        return self._position
+
     def feed(self, offset: int, data: memoryview) -> int:
         """Account for bytes [offset, offset + len(data)); hash the part not hashed yet. Returns
         the number of bytes this call hashed."""

@@ -1,11 +1,14 @@
 """One variable's bytes into serialized TensorChunks, with the running digest.
 
-`ChunkEncoder` takes the engine's pieces in order and decides where chunks start and end, what the
-first and last ones carry, and how a resumed stream skips what the client already has (the skipped
-bytes are still digested, so the digest covers the whole tensor). Streams of the same bytes share
-their digest through a `DigestBoard` (server/digests.py). The chunk codec itself is
-`weightgen.v1.wire`. `Outgoing` pairs a variable's pieces with its encoder, a batch of messages at
-a time, on an executor thread: generation, encoding and hashing never run on the event loop.
+`ChunkEncoder` pulls the engine's pieces of one variable and builds its chunk messages one at a
+time, by number: chunk n holds bytes [resume_offset + n * chunk_bytes, ...) (the last one the rest,
+with the digest), the first one the TensorInfo. A resumed stream's skipped bytes, and the bytes of
+chunks it took ready-made from the `ChunkBoard` (server/chunks.py), are still pulled when a later
+chunk needs building and are still digested, so the digest covers the whole tensor. Streams of the
+same bytes share their digest through a `DigestBoard` (server/digests.py). The chunk codec itself
+is `weightgen.v1.wire`. `Outgoing` sends a variable's messages: ready ones straight from the board
+on the event loop, the others built on an executor thread, so generation, encoding and hashing
+never run on the event loop.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from weightgen.server import engine as eng
+from weightgen.server.chunks import ChunkBoard, Tap, chunk_count
 from weightgen.server.digests import DigestBoard
 from weightgen.v1 import weightgen_pb2 as pb
 from weightgen.v1 import wire
@@ -45,13 +49,14 @@ def info_message(info: eng.TensorInfo, digest: str = wire.DIGEST_ALGORITHM) -> p
 
 
 class ChunkEncoder:
-    """Pieces of one variable in (`feed`, then `finish`), serialized TensorChunks out."""
+    """The chunk messages of one variable, built by number from its pieces (`build`)."""
 
     def __init__(
         self,
         index: int,
         prepared: eng.Prepared,
         chunk_bytes: int,
+        source: EngineSource,
         resume_offset: int = 0,
         sequence_indexes: tuple[int, ...] = (),
         digests: DigestBoard | None = None,
@@ -61,69 +66,103 @@ class ChunkEncoder:
         self.chunk_bytes = chunk_bytes
         self.resume_offset = resume_offset
         self.byte_size = prepared.info.byte_size
-        self._info = info_message(prepared.info, digest).SerializeToString()
+        self.count = chunk_count(self.byte_size, resume_offset, chunk_bytes)
+        self.info = info_message(prepared.info, digest).SerializeToString()
+        self.digest_algorithm = digest
+        self._source = source
+        self._pieces: Iterator[np.ndarray] | None = None  # opened by the first chunk built
+        self._itemsize = prepared.dtype.itemsize
         # Without a board the digest is this stream's own (a board that keeps nothing); with
         # "none", there is no digest at all.
         self._board = digests if digests is not None else DigestBoard(max_finished=0)
         self._content = prepared.content_key
         self._digest = self._board.join(self._content, self.byte_size, digest) if digest != "none" else None
         self._joined = self._digest is not None
-        self._pending: list[memoryview] = []  # bytes at or past resume_offset not yet in a chunk
+        self._pending: list[memoryview] = []  # pulled bytes from offset `_start` on, not in a chunk yet
         self._pending_size = 0
-        self._position = 0  # bytes fed so far
-        self._sent_to = resume_offset  # offset of the next chunk's first byte
-        self._first = True
-        self._sequence_indexes = sequence_indexes  # the batch's positions, on this stream's first chunk
+        self._start = resume_offset  # offset of the first pending byte
+        self._position = 0  # offset of the next byte the engine delivers
+        self.sequence_indexes = sequence_indexes  # the batch's positions, on this stream's first chunk
 
-    @property
-    def bytes_chunked(self) -> int:
-        """Tensor bytes (data, not framing) put into chunks so far, resume excluded."""
-        return self._sent_to - self.resume_offset
+    def span(self, n: int) -> tuple[int, int]:
+        """The bytes [start, stop) of chunk n."""
+        start = self.resume_offset + n * self.chunk_bytes
+        return start, self.byte_size if n == self.count - 1 else start + self.chunk_bytes
 
-    def feed(self, piece: np.ndarray) -> list[bytes]:
-        """The chunks that the next piece completes (none while less than a chunk is pending)."""
-        data = memoryview(np.ascontiguousarray(piece).reshape(-1).view(np.uint8))
-        start, self._position = self._position, self._position + len(data)
-        if self._digest is not None:
-            self._board.feed(self._digest, start, data)
-        if self._position <= self.resume_offset:
-            return []  # the client has these bytes already
-        if start < self.resume_offset:
-            data = data[self.resume_offset - start :]
-        self._pending.append(data)
-        self._pending_size += len(data)
-        out = []
-        # Keep the final bytes (up to a chunk) back, so the last chunk carries data, not just the digest.
-        while self._pending_size > self.chunk_bytes:
-            out.append(self._chunk(self._take(self.chunk_bytes), self.chunk_bytes, last=False))
-        return out
-
-    def finish(self) -> bytes:
-        """The last chunk: what is pending, and the digest of the whole variable."""
-        size = self._pending_size
-        message = self._chunk(self._take(size), size, last=True)
-        self.close()
+    def build(self, n: int) -> bytes:
+        """Chunk n's message. Numbers only go forward; chunks skipped are not built (their bytes are
+        still pulled and digested when a later chunk needs them)."""
+        start, stop = self.span(n)
+        if start < self._start:
+            raise RuntimeError(f"chunk {n} of {self.count} asked for after the stream passed byte {self._start}")
+        last = n == self.count - 1
+        self._discard(start - self._start)
+        self._skip_to(start)
+        while self._position < stop:  # the last chunk's stop is the end: the digest has every byte
+            piece = next(self._pieces, None)
+            if piece is None:
+                raise RuntimeError(f"the engine ended at byte {self._position} of {self.byte_size}")
+            self._feed(piece)
+        message = wire.encode_chunk(
+            self.index,
+            start,
+            self._take(stop - start),
+            info=self.info if n == 0 else b"",
+            last=last,
+            digest=self._digest.digest() if last and self._digest is not None else b"",
+            sequence_indexes=self.sequence_indexes if n == 0 else (),
+        )
+        if last:
+            self.close()
         return message
 
     def close(self) -> None:
-        """Leave the shared digest (finished or not); idempotent."""
+        """Leave the shared digest (finished or not) and stop pulling; idempotent."""
         if self._joined:
             self._joined = False
             self._board.leave(self._content, self._digest)
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
 
-    def _chunk(self, parts: list[memoryview], size: int, *, last: bool) -> bytes:
-        message = wire.encode_chunk(
-            self.index,
-            self._sent_to,
-            parts,
-            info=self._info if self._first else b"",
-            last=last,
-            digest=self._digest.digest() if last and self._digest is not None else b"",
-            sequence_indexes=self._sequence_indexes if self._first else (),
-        )
-        self._first = False
-        self._sent_to += size
-        return message
+    def _skip_to(self, offset: int) -> None:
+        """Have the engine deliver from (at most) `offset` on, without computing the whole pieces
+        before it, when that skips any: the bytes of a resumed stream's prefix or of chunks taken
+        from the board. Not past what the shared digest has hashed: it takes bytes in order."""
+        if self._digest is not None:
+            offset = min(offset, self._digest.position)
+        if self._pieces is not None and self._position >= offset:
+            return
+        skip, first = self._source.seek(offset // self._itemsize)
+        if self._pieces is not None:
+            if first * self._itemsize <= self._position:
+                return  # the engine is in that piece already: read on
+            close = getattr(self._pieces, "close", None)
+            if close is not None:
+                close()
+        self._pieces, self._position = self._source.open(skip), first * self._itemsize
+
+    def _feed(self, piece: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(piece).reshape(-1).view(np.uint8))
+        start, self._position = self._position, self._position + len(data)
+        if self._position > self.byte_size:
+            raise RuntimeError(f"the engine delivered {self._position} bytes of a {self.byte_size}-byte variable")
+        if self._digest is not None:
+            self._board.feed(self._digest, start, data)
+        if self._position <= self._start:
+            return  # before the resume offset, or in chunks taken from the board
+        if start < self._start:
+            data = data[self._start - start :]
+        self._pending.append(data)
+        self._pending_size += len(data)
+
+    def _discard(self, size: int) -> None:
+        """Drop the first `size` pending bytes (chunks skipped) and move `_start` past them."""
+        if size <= self._pending_size:
+            self._take(size)
+        else:  # nothing pulled yet reaches there: later pieces are cut as they come
+            self._pending, self._pending_size = [], 0
+            self._start += size
 
     def _take(self, size: int) -> list[memoryview]:
         """The first `size` pending bytes, as views."""
@@ -138,37 +177,115 @@ class ChunkEncoder:
                 self._pending[0] = head[need:]
                 need = 0
         self._pending_size -= size
+        self._start += size
         return taken
 
 
-class Outgoing:
-    """A variable on its way out: the engine's pieces through its encoder. `next` runs on an
-    executor thread; `close` may come from any thread and waits for a `next` in progress."""
+class EngineSource:
+    """The engine's pieces of one variable, from any piece on (`seek`, then `open`)."""
 
-    def __init__(self, pieces: Iterator[np.ndarray], encoder: ChunkEncoder):
-        self._pieces = pieces
+    def __init__(self, engine: eng.Engine, prepared: eng.Prepared, cancelled: threading.Event | None):
+        self._engine = engine
+        self._prepared = prepared
+        self._cancelled = cancelled
+
+    def seek(self, element: int) -> tuple[int, int]:
+        """(pieces before the one holding `element`, that piece's first element)."""
+        return self._engine.seek(self._prepared, element)
+
+    def open(self, skip: int) -> Iterator[np.ndarray]:
+        return self._engine.stream(self._prepared, cancelled=self._cancelled, skip=skip)
+
+
+def lane_key(encoder: ChunkEncoder, prepared: eng.Prepared) -> tuple | None:
+    """What decides every byte of the variable's messages (server/chunks.py); None when its
+    content has no key (a broadcast): nothing to share."""
+    content = prepared.content_key
+    if content is None:
+        return None
+    return (
+        content,
+        encoder.index,
+        encoder.chunk_bytes,
+        encoder.resume_offset,
+        encoder.info,
+        encoder.sequence_indexes,
+        encoder.digest_algorithm,
+    )
+
+
+class Outgoing:
+    """A variable on its way out, message by message. `ready` (the event loop) hands out a message
+    the board has now; `next` (an executor thread) takes it from the board, waiting while another
+    stream builds it, or builds it. `close` may come from any thread; it waits for a `next` in
+    progress."""
+
+    def __init__(
+        self,
+        encoder: ChunkEncoder,
+        board: ChunkBoard,
+        lane: tuple | None,
+        cancelled: threading.Event | None = None,
+    ):
         self.encoder = encoder
+        self._tap: Tap = board.join(lane, encoder.byte_size + encoder.count * FRAMING_BYTES + len(encoder.info))
+        self._cancelled = cancelled
+        self._number = 0  # the next message to send
         self.done = False
         self._lock = threading.Lock()
 
-    def next(self) -> list[bytes]:
-        """The next serialized chunks (one or more); [] once the variable is complete."""
+    def sent_bytes(self) -> int:
+        """Tensor bytes (data, not framing) in the messages handed out so far."""
+        if self._number == 0:
+            return 0
+        _, stop = self.encoder.span(self._number - 1)
+        return stop - self.encoder.resume_offset
+
+    def ready(self) -> bytes | None:
+        """The next message if the board has it now (never waits); None: call `next`."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self.done:
+                return None
+            message = self._tap.ready(self._number)
+            if message is not None:
+                self._advance()
+            return message
+        finally:
+            self._lock.release()
+
+    def next(self) -> bytes | None:
+        """The next message; None once the variable is complete."""
         with self._lock:
-            while not self.done:
-                piece = next(self._pieces, None)
-                if piece is None:
-                    self.done = True
-                    return [self.encoder.finish()]
-                out = self.encoder.feed(piece)
-                if out:
-                    return out
-            return []
+            if self.done:
+                return None
+            n = self._number
+            message = self._tap.take(n, self._cancelled)
+            if message is None:
+                try:
+                    message = self.encoder.build(n)
+                except BaseException:
+                    self._tap.abandon()
+                    raise
+                self._tap.offer(n, message)
+            self._advance()
+            return message
+
+    def _advance(self) -> None:
+        self._number += 1
+        if self._number == self.encoder.count:
+            self.done = True
+            self.encoder.close()
+            self._tap.leave()
 
     def close(self) -> None:
-        """Stop generating (releases what the engine has in flight for it)."""
+        """Stop: release the engine's work in flight, the digest and the lane."""
         with self._lock:
             self.done = True
             self.encoder.close()
-            close = getattr(self._pieces, "close", None)
-            if close is not None:
-                close()
+            self._tap.leave()
+
+
+FRAMING_BYTES = 32
+"""A chunk message's bytes besides its data and info, generously (tags, varints, the digest)."""

@@ -69,13 +69,13 @@ class Server:
         c = self.config
         total = c.memory_budget or default_budget(memory_limit())
         budget = MemoryBudget(total, c.budget_wait_seconds)
-        caches = c.cache_bytes + c.whole_cache_bytes + c.session_cache_bytes
+        caches = c.cache_bytes + c.chunk_cache_bytes + c.whole_cache_bytes + c.session_cache_bytes
         # The caches hold up to their capacity for the server's life: reserved once, up front.
         if budget.try_reserve(caches, "caches") is None:
             raise SystemExit(
-                f"weightgen: the caches (--cache-bytes + --whole-cache-bytes + --session-cache-bytes = {caches >> 20} "
-                "MiB) do not fit "
-                f"the memory budget ({total >> 20} MiB, --memory-budget)"
+                "weightgen: the caches (--cache-bytes + --chunk-cache-bytes + --whole-cache-bytes + "
+                f"--session-cache-bytes = {caches >> 20} MiB) do not fit the memory budget ({total >> 20} MiB, "
+                "--memory-budget)"
             )
         return budget
 

@@ -99,6 +99,10 @@ class Metrics:
         """Export how much hashing streams of the same bytes shared (read at scrape time)."""
         self.registry.register(_DigestCollector(board))
 
+    def watch_chunks(self, board) -> None:
+        """Export the chunk messages streams shared (read at scrape time)."""
+        self.registry.register(_ChunkCollector(board))
+
     def watch_admission(self, admission) -> None:
         """Export the memory budget and the stream slots (read at scrape time)."""
         self.registry.register(_AdmissionCollector(admission))
@@ -308,6 +312,27 @@ class _DigestCollector:
             ("joins", board.joined, "Streams that joined a digest in progress or finished"),
         ):
             yield CounterMetricFamily(f"weightgen_digest_{name}", doc, value=value)
+
+
+class _ChunkCollector:
+    def __init__(self, board):
+        self._board = board
+
+    def collect(self):
+        board = self._board
+        for name, value, doc in (
+            ("built", board.built, "TensorChunk messages built (data copied out of the engine's arrays)"),
+            ("shared", board.shared, "TensorChunk messages sent ready-made, built by another stream or an earlier one"),
+            ("waits", board.waits, "Times a stream waited for another stream building the message it needed"),
+            ("evictions", board.evictions, "TensorChunk messages evicted from the chunk cache for space"),
+        ):
+            yield CounterMetricFamily(f"weightgen_chunks_{name}", doc, value=value)
+        yield GaugeMetricFamily(
+            "weightgen_chunk_cache_bytes", "Bytes of messages the chunk cache holds", value=board.bytes
+        )
+        yield GaugeMetricFamily(
+            "weightgen_chunk_cache_max_bytes", "Chunk cache capacity (--chunk-cache-bytes)", value=board.max_bytes
+        )
 
 
 class _AdmissionCollector:

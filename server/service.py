@@ -23,9 +23,10 @@ import grpc
 from weightgen.server import catalogue, seeds, validate
 from weightgen.server import engine as eng
 from weightgen.server.admission import PARSE_FACTOR, PER_VARIABLE_BYTES, Admission, Ticket
+from weightgen.server.chunks import ChunkBoard
 from weightgen.server.config import Config
 from weightgen.server.digests import DigestBoard
-from weightgen.server.encode import ChunkEncoder, Outgoing
+from weightgen.server.encode import ChunkEncoder, EngineSource, Outgoing, lane_key
 from weightgen.server.metrics import Metrics
 from weightgen.server.status import RequestError, exhausted, invalid, unavailable
 from weightgen.v1 import weightgen_pb2 as pb
@@ -94,6 +95,8 @@ class WeightGenService:
         self.admission = admission
         self.digests = DigestBoard(config.digest_cache_entries)
         metrics.watch_digests(self.digests)
+        self.chunks = ChunkBoard(config.chunk_cache_bytes)
+        metrics.watch_chunks(self.chunks)
         self.ready = False
         self.draining = False
         self._executor = ThreadPoolExecutor(
@@ -213,24 +216,25 @@ class WeightGenService:
                     variable.index,
                     prepared,
                     batch.chunk_bytes,
+                    EngineSource(self.engine, prepared, ticket.cancelled),
                     variable.resume_offset,
                     positions,
                     self.digests,
                     batch.digest,
                 )
                 positions = ()
-                outgoing = Outgoing(self.engine.stream(prepared, cancelled=ticket.cancelled), encoder)
+                outgoing = Outgoing(encoder, self.chunks, lane_key(encoder, prepared), ticket.cancelled)
                 t0 = time.perf_counter()
                 try:
-                    chunked = 0
-                    while messages := await self._offload(outgoing.next):
-                        for message in messages:
-                            ticket.writing_since = time.monotonic()
-                            await _write(context, message)
-                            ticket.writing_since = None
-                        sent, chunked = encoder.bytes_chunked - chunked, encoder.bytes_chunked  # data, not framing
-                        self.metrics.bytes_streamed.inc(sent)
-                        call.fields["bytes"] += sent
+                    sent = 0
+                    # A message the board has ready goes without a trip to the executor.
+                    while (message := outgoing.ready() or await self._offload(outgoing.next)) is not None:
+                        ticket.writing_since = time.monotonic()
+                        await _write(context, message)
+                        ticket.writing_since = None
+                        step, sent = outgoing.sent_bytes() - sent, outgoing.sent_bytes()  # data, not framing
+                        self.metrics.bytes_streamed.inc(step)
+                        call.fields["bytes"] += step
                 finally:
                     if not outgoing.done:
                         # On a thread: a `next` in progress holds the stream until it returns.

@@ -373,9 +373,7 @@ _KAIMING_PARAMS = (
     Param("mode", "fan_in", "fan_in or fan_out", choices=("fan_in", "fan_out"), kind="string"),
     Param("nonlinearity", "leaky_relu", "PyTorch calculate_gain name", choices=NONLINEARITIES, kind="string"),
 )
-_define(
-    "kaiming_uniform", "U[-L, L), L = gain * sqrt(3 / fan) (PyTorch)" + _PARTS, *_KAIMING_PARAMS, fan_based=True
-)(
+_define("kaiming_uniform", "U[-L, L), L = gain * sqrt(3 / fan) (PyTorch)" + _PARTS, *_KAIMING_PARAMS, fan_based=True)(
     _kaiming("uniform")
 )
 _define("kaiming_normal", "N, std = gain / sqrt(fan), not truncated (PyTorch)", *_KAIMING_PARAMS, fan_based=True)(

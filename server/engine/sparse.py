@@ -52,9 +52,7 @@ def _half_bits(rows: int) -> int:
 def row_positions(key: rng.Key, rows: int, r: np.ndarray, c: np.ndarray) -> np.ndarray:
     """P_c(r) for each pair (uint32 arrays of equal shape): row r's place in column c's permutation."""
     u32 = np.uint32
-    m0, m1 = rng.threefry2x32(
-        np.array([key[0]], u32), np.array([key[1]], u32), np.ones(1, u32), np.zeros(1, u32)
-    )
+    m0, m1 = rng.threefry2x32(np.array([key[0]], u32), np.array([key[1]], u32), np.ones(1, u32), np.zeros(1, u32))
     columns, which = np.unique(c, return_inverse=True)  # one column key per distinct column
     k0, k1 = rng.threefry2x32(m0, m1, np.zeros(columns.size, u32), columns.astype(u32))
     k0, k1 = k0[which], k1[which]

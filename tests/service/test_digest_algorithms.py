@@ -94,28 +94,37 @@ def test_the_digest_board_keeps_one_digest_per_algorithm(server):
     with grpc.insecure_channel(server.address) as channel:
         stub = weightgen_pb2_grpc.WeightGenStub(channel)
 
-        def once(name: str) -> tuple[float, float]:
+        def once(name: str, chunk_bytes: int = 0) -> tuple[float, float]:
             before = _hashed(server)
-            request = pb.MaterializeRequest(seed=5, variables=[variable], digest_algorithm=wire.DIGEST_BY_NAME[name])
+            request = pb.MaterializeRequest(
+                seed=5, variables=[variable], digest_algorithm=wire.DIGEST_BY_NAME[name], chunk_bytes=chunk_bytes
+            )
             fetch(stub, request)
             after = _hashed(server)
             return after[0] - before[0], after[1] - before[1]
 
         assert once("sha256") == (size, 0)
         assert once("xxh3_128") == (size, 0), "an XXH3 stream must not take the SHA-256 digest"
-        assert once("xxh3_128") == (0, size), "a repeat of the same algorithm hashes nothing"
-        assert once("sha256") == (0, size)
+        # Repeats in other chunk sizes build their messages anew (an identical request would take
+        # them ready-made from the chunk cache, digest included: test_chunks.py); the digest is kept.
+        assert once("xxh3_128", 128 << 10) == (0, size), "a repeat of the same algorithm hashes nothing"
+        assert once("sha256", 128 << 10) == (0, size)
         assert once("none") == (0, 0)
 
-        # A herd asking for XXH3-128 hashes the bytes once, whoever is ahead.
+        # A herd asking for XXH3-128 hashes the bytes once, whoever is ahead. Each member asks for
+        # another chunk size, so that each builds its own messages (identical requests would share
+        # them, and only one stream would feed the digest at all: test_chunks.py).
         herd_variable = var("digest/herd", [512, 256], init(he_normal={}))
-        request = pb.MaterializeRequest(
-            seed=5, variables=[herd_variable], digest_algorithm=pb.DIGEST_ALGORITHM_XXH3_128
-        )
         barrier = threading.Barrier(4)
         results: list = [None] * 4
 
         def member(i: int) -> None:
+            request = pb.MaterializeRequest(
+                seed=5,
+                variables=[herd_variable],
+                digest_algorithm=pb.DIGEST_ALGORITHM_XXH3_128,
+                chunk_bytes=(64 << 10) * (i + 1),
+            )
             barrier.wait()
             try:
                 results[i] = fetch(stub, request)[0].digest

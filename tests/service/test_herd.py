@@ -1,19 +1,27 @@
-"""Herds: N concurrent identical requests generate once (single-flight plus the block cache).
+"""Herds: N concurrent identical requests generate once, hash once and build each message once.
 
-Every kernel call a stream needs is one submission to the worker pool, counted once as a cache hit
-or a cache miss; a miss either joins the identical call in flight (`weightgen_generation_shared`)
-or generates. So for any interleaving of the streams:
+Identical requests are one lane of the chunk board (server/chunks.py): each of the variable's
+messages is built by one stream (single-flight: the others wait for it or find it ready), so for
+any interleaving of the streams (the lane fits the default chunk cache, which keeps it whole):
 
-    submissions = hits + misses             = N * (calls of one fetch)
+    built  = weightgen_chunks_built   = messages of one fetch
+    shared = weightgen_chunks_shared  = (N - 1) * (messages of one fetch)
+
+A stream pulls engine pieces only for the messages it builds. Every kernel call it pulls is one
+submission to the worker pool, counted once as a cache hit or a cache miss; a miss either joins the
+identical call in flight (`weightgen_generation_shared`) or generates, so however the builds are
+spread over the streams:
+
     generated   = misses - shared           = calls of one fetch  (each call made exactly once)
-    served      = hits + shared             = (N - 1) * (calls of one fetch)
+    submissions = hits + misses            <= N * (calls of one fetch)
 
 (the pool puts a finished call in the cache before taking it off the in-flight table, so a call is
-always found in one of the two; the cache's 128 MiB keep a 32 MiB herd whole).
+always found in one of the two; the block cache's 128 MiB keep a 32 MiB herd whole). Each byte is
+hashed once (`weightgen_digest_bytes_hashed`), by whichever streams built the messages.
 
-The streams share their digest too: however they interleave, each byte of the variable is hashed
-once (`weightgen_digest_bytes_hashed`) and the other N - 1 streams skip it
-(`weightgen_digest_bytes_shared`); a later fetch of the same bytes hashes nothing.
+A later fetch of the same request takes every message ready-made: no kernel call, no hashing, no
+message built. One that differs only in its chunk size is another lane: it builds its messages from
+the block cache (no generation) and takes the digest from the digest board (no hashing).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import threading
 import grpc
 
 from weightgen.v1 import weightgen_pb2 as pb
-from weightgen.v1 import weightgen_pb2_grpc
+from weightgen.v1 import weightgen_pb2_grpc, wire
 
 from .helpers import fetch, init, metric, var
 
@@ -31,6 +39,7 @@ HERD = 8
 SHAPE = [2048, 4096]  # 32 MiB of float32
 BYTES = 2048 * 4096 * 4
 CALLS = 2048 * 4096 // (1 << 18)  # kernel calls of 2^18 elements
+MESSAGES = -(-BYTES // wire.DEFAULT_CHUNK_BYTES)  # the server's default chunk size
 
 
 def _counters(server) -> dict[str, float]:
@@ -43,6 +52,8 @@ def _counters(server) -> dict[str, float]:
             "cache_evictions",
             "digest_bytes_hashed",
             "digest_bytes_shared",
+            "chunks_built",
+            "chunks_shared",
         )
     }
 
@@ -62,6 +73,7 @@ def test_identical_concurrent_requests_generate_once(server):
         assert alone["cache_hits"] == alone["generation_shared"] == 0, alone
         assert alone["cache_misses"] == CALLS, alone
         assert alone["digest_bytes_hashed"] == BYTES and alone["digest_bytes_shared"] == 0, alone
+        assert alone["chunks_built"] == MESSAGES and alone["chunks_shared"] == 0, alone
 
         # The herd: HERD identical requests at once, for another tensor nobody asked for before.
         request = pb.MaterializeRequest(seed=8, variables=[var("herd/many", SHAPE, init(he_normal={}))])
@@ -83,17 +95,32 @@ def test_identical_concurrent_requests_generate_once(server):
             t.join(300)
         herd = _delta(_counters(server), before)
 
-        # The same bytes again, alone: generation comes from the cache, the digest from the board.
+        # The same request again, alone: every message ready-made.
         before = _counters(server)
         again = bytes(fetch(stub, request)[0].data)
         repeat = _delta(_counters(server), before)
 
+        # The same bytes in another chunk size: generation from the block cache, the digest from
+        # the digest board, the messages built anew.
+        other = pb.MaterializeRequest()
+        other.CopyFrom(request)
+        other.chunk_bytes = wire.MAX_CHUNK_BYTES
+        before = _counters(server)
+        rechunked = bytes(fetch(stub, other)[0].data)
+        moved = _delta(_counters(server), before)
+
     assert all(isinstance(r, bytes) for r in results), [r for r in results if not isinstance(r, bytes)]
     assert len(set(results)) == 1 and len(results[0]) == 2048 * 4096 * 4
-    assert herd["cache_hits"] + herd["cache_misses"] == HERD * CALLS, herd
+    assert herd["chunks_built"] == MESSAGES, herd  # each message built once
+    assert herd["chunks_shared"] == (HERD - 1) * MESSAGES, herd
     assert herd["cache_misses"] - herd["generation_shared"] == CALLS, herd  # generated once
-    assert herd["cache_hits"] + herd["generation_shared"] == (HERD - 1) * CALLS, herd
+    assert herd["cache_hits"] + herd["cache_misses"] <= HERD * CALLS, herd
     assert herd["digest_bytes_hashed"] == BYTES, herd  # hashed once
-    assert herd["digest_bytes_shared"] == (HERD - 1) * BYTES, herd
     assert again == results[0]
-    assert repeat["digest_bytes_hashed"] == 0 and repeat["digest_bytes_shared"] == BYTES, repeat
+    assert repeat["chunks_built"] == 0 and repeat["chunks_shared"] == MESSAGES, repeat
+    assert repeat["cache_hits"] == repeat["cache_misses"] == 0, repeat  # not even a cache lookup
+    assert repeat["digest_bytes_hashed"] == repeat["digest_bytes_shared"] == 0, repeat
+    assert rechunked == results[0]
+    assert moved["chunks_built"] == -(-BYTES // wire.MAX_CHUNK_BYTES) and moved["chunks_shared"] == 0, moved
+    assert moved["cache_hits"] == CALLS and moved["cache_misses"] == 0, moved
+    assert moved["digest_bytes_hashed"] == 0 and moved["digest_bytes_shared"] == BYTES, moved
