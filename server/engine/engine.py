@@ -33,7 +33,7 @@ from . import dtypes, initializers, kernels, rng, sampling, sparse, structured
 from .cache import Cancelled, WholeCache
 from .dtypes import DTypeInfo, Kind
 from .initializers import Broadcast, Disk, Fill, Normal, Recipe, Sparse, Structured, Uniform
-from .plan import MAX_RUNS_PER_PIECE, Piece, Plan, check_shape
+from .plan import MAX_RUNS_PER_PIECE, Piece, Plan, check_shape, copy_runs
 from .spec import MAX_NAME_BYTES, Initializer, SpecError, VariableSpec
 from .workers import Job, WorkerPool, float_bits
 
@@ -528,17 +528,27 @@ def _largest_magnitude(recipe: Uniform | Normal | Disk | Sparse, affine: samplin
 
 
 def _gather(piece: Piece, generated: list[tuple[int, np.ndarray]], block: int) -> np.ndarray:
-    """The piece's elements out of the generated blocks (a view when it is one run in one call)."""
-    if len(generated) == 1 and piece.starts.size == 1:
+    """The piece's elements out of the generated calls: a view when it is one run in one call, else
+    one copy of just those elements. Runs are copied from the call that holds them (evenly spaced
+    ones, a column shard's rows, as one strided copy: `copy_runs`); a run that crosses into the
+    next call (calls a run crosses between are adjacent: `Piece.calls`) in its two parts."""
+    starts, length = piece.starts, piece.length
+    if len(generated) == 1 and starts.size == 1:
         b, values = generated[0]
-        at = int(piece.starts[0]) - b * block
-        return values[at : at + piece.length]
-    first_flat = np.asarray([b * block for b, _ in generated], np.int64)
-    offsets = np.concatenate([[0], np.cumsum([v.size for _, v in generated])[:-1]]).astype(np.int64)
-    buffer = np.concatenate([v for _, v in generated])
-    # Calls that a run crosses between are adjacent (Piece.calls), so the call holding a run's first
-    # element also determines where the whole run sits in `buffer`.
-    which = np.searchsorted(first_flat, piece.starts, side="right") - 1
-    positions = offsets[which] + (piece.starts - first_flat[which])
-    index = positions[:, None] + np.arange(piece.length, dtype=np.int64)[None, :]
-    return buffer[index.ravel()]
+        at = int(starts[0]) - b * block
+        return values[at : at + length]
+    out = np.empty((starts.size, length), generated[0][1].dtype)
+    for c, (b, values) in enumerate(generated):
+        lo, hi = b * block, b * block + values.size
+        first, end = np.searchsorted(starts, [lo, hi])  # the runs that start in this call
+        if first == end:
+            continue
+        inside = first + int(np.searchsorted(starts[first:end], hi - length, side="right"))
+        if inside > first:
+            copy_runs(values, starts[first:inside] - lo, length, out[first:inside])
+        for i in range(inside, end):  # it goes on in the next call
+            at = int(starts[i]) - lo
+            head = values.size - at
+            out[i, :head] = values[at:]
+            out[i, head:] = generated[c + 1][1][: length - head]
+    return out.reshape(-1)

@@ -40,6 +40,26 @@ def check_shape(shape: tuple[int, ...]) -> int:
     return size
 
 
+def copy_runs(values: np.ndarray, positions: np.ndarray, length: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The runs values[p : p + length] for p in `positions` (increasing, all inside `values`), as the
+    rows of `out` (shape (len(positions), length); a new array when None). Evenly spaced runs (a
+    column shard: one per row) are one strided view copied once; others go through an index array
+    (int64, one per element), which costs more than the values it moves."""
+    if out is None:
+        out = np.empty((positions.size, length), values.dtype)
+    if positions.size == 0:
+        return out
+    step = int(positions[1] - positions[0]) if positions.size > 1 else length
+    if step >= length and (positions.size < 3 or bool((np.diff(positions) == step).all())):
+        item = values.strides[0]
+        out[...] = np.lib.stride_tricks.as_strided(
+            values[int(positions[0]) :], shape=(positions.size, length), strides=(step * item, item), writeable=False
+        )
+    else:
+        out[...] = values[(positions[:, None] + np.arange(length, dtype=np.int64)[None, :])]
+    return out
+
+
 @dataclass(frozen=True)
 class Piece:
     """Part of the output: `starts.size` runs of `length` flat indices each, in output order."""
@@ -57,7 +77,7 @@ class Piece:
 
         One run is a view when it does not wrap, else copies of the base's parts (at most
         ``length + 2 * flat.size`` elements when the base is shorter than the run). Several runs
-        are a gather, whose index array (int64, one per element) is the only temporary."""
+        are `copy_runs` (evenly spaced ones a strided copy; others a gather through an int64 index)."""
         n = flat.size
         if self.starts.size == 1:
             at = int(self.starts[0]) % n
@@ -67,6 +87,8 @@ class Piece:
                 return np.concatenate([flat[at:], flat[: at + self.length - n]])
             return np.tile(flat, -(-(at + self.length) // n))[at : at + self.length]
         first = self.starts % n
+        if int(first.max()) + self.length <= n and bool((np.diff(first) > 0).all()):
+            return copy_runs(flat, first, self.length).reshape(-1)
         index = first[:, None] + np.arange(self.length, dtype=np.int64)[None, :]
         if int(first.max()) + self.length > n:  # some run wraps around the base
             index %= n

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from weightgen.server.engine import kernels, rng
-from weightgen.server.engine.plan import Plan
+from weightgen.server.engine.plan import Piece, Plan, copy_runs
 
 B, W = rng.BLOCK_ELEMENTS, kernels.MAX_CALL_BLOCKS
 
@@ -80,3 +80,23 @@ def test_take_is_the_broadcast_tensor(base_shape, shape, slice_):
     assert max(p.size for p in pieces) <= kernels.CALL_ELEMENTS
     expected = np.broadcast_to(base, shape)[tuple(slice(a, b) for a, b in slice_)]
     np.testing.assert_array_equal(np.concatenate(pieces), expected.reshape(-1))
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [[0], [3, 13, 23, 33], [5, 9, 40], [0, 4, 8], [7, 17]],
+    ids=["one", "even", "uneven", "touching", "two"],
+)
+def test_copy_runs_is_the_runs_whatever_their_spacing(positions):
+    values = np.arange(60, dtype=np.float32) * 1.5
+    positions = np.asarray(positions, np.int64)
+    got = copy_runs(values, positions, 4)
+    assert got.shape == (positions.size, 4) and got.flags.c_contiguous and not np.shares_memory(got, values)
+    assert np.array_equal(got, np.stack([values[p : p + 4] for p in positions]))
+
+
+def test_take_copies_evenly_spaced_runs_and_wraps_the_others():
+    flat = np.arange(10, dtype=np.int16)
+    assert np.array_equal(Piece(np.asarray([1, 4, 7]), 2).take(flat), [1, 2, 4, 5, 7, 8])
+    assert np.array_equal(Piece(np.asarray([2, 12, 22]), 3).take(flat), [2, 3, 4] * 3)  # a tiled base
+    assert np.array_equal(Piece(np.asarray([8, 18]), 4).take(flat), [8, 9, 0, 1] * 2)  # runs that wrap

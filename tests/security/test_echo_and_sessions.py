@@ -36,6 +36,8 @@ def budget_server(xla_cache, tmp_path_factory) -> RunningServer:
         str(BUDGET),
         "--cache-bytes",
         "0",
+        "--chunk-cache-bytes",
+        "0",
         "--whole-cache-bytes",
         "0",
         "--session-cache-bytes",

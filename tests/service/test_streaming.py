@@ -33,9 +33,11 @@ def one_stream_server(xla_cache, tmp_path_factory):
         tmp_path_factory.mktemp("one-stream"),
         "--max-concurrent-streams",
         "1",
-        # The block cache (default 128 MiB, for herds) is bounded by its own size; off here, so that the
-        # bound checked is that of the streaming pipeline under a slow reader.
+        # The block and chunk caches (128 MiB each by default, for herds) are bounded by their own size;
+        # off here, so that the bound checked is that of the streaming pipeline under a slow reader.
         "--cache-bytes",
+        "0",
+        "--chunk-cache-bytes",
         "0",
         "--warm-precisions",
         "float32",
