@@ -28,10 +28,12 @@ sent as ``sequence_start``), so any replica serves any request of it.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import queue
 import random
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -47,10 +49,20 @@ from weightgen.v1 import weightgen_pb2_grpc as pb_grpc
 from weightgen.v1 import wire
 
 from . import errors
-from .assemble import Assembler, MemorySink, Sink, Tensor
+from .assemble import Assembler, MemorySink, Sink, Tensor, destination
 from .balance import balance
 from .files import MANIFEST_KEY, Manifest, ManifestVariable, SafetensorsWriter, check_zero_rows
-from .specs import InitializerLike, VariableLike, dtype_value, enum_value, initializer, planned_bytes, variable_specs
+from .specs import (
+    InitializerLike,
+    VariableLike,
+    delivered_shape,
+    did_you_mean,
+    dtype_value,
+    enum_value,
+    initializer,
+    planned_bytes,
+    variable_specs,
+)
 
 DEFAULT_TARGET = "localhost:50051"
 MATERIALIZE = "/weightgen.v1.WeightGen/Materialize"
@@ -266,6 +278,11 @@ class Session:
     def materialize(self, variables: Variables, **kwargs: Any) -> dict[str, np.ndarray]:
         return self.client.materialize(variables, session=self, **kwargs)
 
+    def materialize_into(
+        self, variables: Variables, out: Mapping[str | int, Any] | Sequence[Any], **kwargs: Any
+    ) -> dict[str, Tensor]:
+        return self.client.materialize_into(variables, out, session=self, **kwargs)
+
     def stream(self, variables: Variables, **kwargs: Any) -> Iterator[Tensor]:
         return self.client.stream(variables, session=self, **kwargs)
 
@@ -351,6 +368,99 @@ def _ip_family(entry: str) -> str | None:
     if address.version == 6:
         return "ipv6" if bracketed else None
     return None if bracketed else "ipv4"
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """A destination as a numpy array over the same memory (never a copy): an ndarray as it is, a
+    torch tensor through `weightgen.client.torch.host_array`, anything else by the buffer protocol."""
+    if isinstance(value, np.ndarray):
+        return value
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        from .torch import host_array
+
+        array = host_array(value)
+        if array is None:
+            raise ValueError(
+                f"a torch tensor on {value.device} ({value.dtype}, contiguous: {value.is_contiguous()}) is not "
+                "host memory numpy can write in place: pass a contiguous CPU tensor, or use materialize_module, "
+                "which stages such tensors"
+            )
+        return array
+    try:
+        view = memoryview(value)
+    except TypeError:
+        raise TypeError(
+            "a destination is a numpy array, a CPU torch tensor or an object exporting a writable buffer; "
+            f"got {type(value).__name__}"
+        ) from None
+    return np.asarray(view)
+
+
+def _destinations(
+    request: pb.MaterializeRequest,
+    out: Mapping[str | int, Any] | Sequence[Any],
+    by_id: bool,
+    default: int,
+    *,
+    partial: bool = False,
+) -> dict[int, np.ndarray]:
+    """`materialize_into`'s `out` as checked destinations by request position, the dtype of each
+    variable with one pinned in `request` to the one it resolves to (so the server cannot deliver
+    another). `by_id`: the session is given by its id, so its default dtype is unknown; else
+    `default`. `partial`: variables without a destination are allowed (they get buffers of their
+    own; `fetch_shards` with some targets in place)."""
+    specs = request.variables
+    names = {spec.name: i for i, spec in enumerate(specs)}
+    given: dict[int, Any] = {}
+    if isinstance(out, Mapping):
+        for key, value in out.items():
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise TypeError(f"out's keys are variable names or request positions, got {key!r}")
+            if isinstance(key, int):
+                if not 0 <= key < len(specs):
+                    raise ValueError(f"out[{key}]: the request's positions are 0 to {len(specs) - 1}")
+                index = key
+            elif key in names:
+                index = names[key]
+            else:
+                raise ValueError(f"out[{key!r}]: no variable of the request has that name{did_you_mean(key, names)}")
+            if index in given:
+                name = specs[index].name
+                raise ValueError(f"variable {name!r} has two destinations in out (its name, position {index})")
+            given[index] = value
+    elif isinstance(out, Sequence) and not isinstance(out, str | bytes | bytearray | memoryview):
+        if len(out) != len(specs):
+            raise ValueError(f"out has {len(out)} destination(s), the request {len(specs)} variable(s)")
+        given = dict(enumerate(out))
+    else:
+        kind = type(out).__name__
+        raise TypeError(f"out is a mapping {{name: destination}} or a sequence in request order, not {kind}")
+    missing = [spec.name for i, spec in enumerate(specs) if i not in given]
+    if missing and not partial:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(f"out has no destination for {', '.join(map(repr, missing[:5]))}{more}")
+    into: dict[int, np.ndarray] = {}
+    spans = []
+    for index, spec in enumerate(specs):
+        if index not in given:
+            continue
+        if not spec.dtype:
+            if by_id:
+                raise ValueError(
+                    f"variable {spec.name!r} names no dtype and the session is given by its id: its default "
+                    "dtype is not known here; give the variable a dtype, or pass the Session"
+                )
+            spec.dtype = default
+        array = _as_array(given[index])
+        into[index] = destination(spec.name, array, delivered_shape(spec), wire.numpy_dtype(spec.dtype))
+        if array.nbytes:
+            spans.append((array.ctypes.data, array.ctypes.data + array.nbytes, spec.name))
+    spans.sort()
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        if start < end:
+            raise ValueError(f"the destinations of {first!r} and {second!r} overlap: each needs its own memory")
+    return into
 
 
 class Client:
@@ -575,12 +685,51 @@ class Client:
         """Every variable as a numpy array shaped as delivered (the slice's shape for a slice),
         of the dtype the server resolved, in request order. `seed` 0 lets the server pick one
         (see `stream` for the effective seed, or use a manifest). `streams` > 1 fetches over that
-        many concurrent streams, with the variables split between them by bytes."""
+        many concurrent streams, with the variables split between them by bytes. To fill arrays
+        or tensors that exist already, without a copy, use `materialize_into`."""
         request = self.request(variables, seed=seed, session=session)
-        arrays: dict[int, tuple[str, np.ndarray]] = {}
-        for key, tensor in self._fetch(request, MemorySink(), session, streams, progress):
-            arrays[key] = (tensor.name, tensor.array)
-        return dict(arrays[i] for i in range(len(request.variables)))
+        tensors = self._fetch_into(request, {}, session, streams, progress)
+        return {tensor.name: tensor.array for tensor in tensors}
+
+    def materialize_into(
+        self,
+        variables: Variables,
+        out: Mapping[str | int, Any] | Sequence[Any],
+        *,
+        seed: int = 0,
+        session: Session | str | None = None,
+        streams: int = 1,
+        progress: Progress | None = None,
+    ) -> dict[str, Tensor]:
+        """Write every variable straight into a destination of the caller's: the received bytes go
+        from gRPC's message to their place, with no buffer in between (a model's preallocated CPU
+        tensors, a pinned staging area, a shared-memory segment, a memory-mapped file).
+
+            weights = {"w": np.empty((784, 256), np.float32), "b": model.bias}   # a CPU torch tensor
+            client.materialize_into([Variable("w", (784, 256), "he_normal"),
+                                     Variable("b", (256,), "zeros")], weights, seed=42)
+
+        `out` maps each variable's name (or its position in the request) to its destination, or
+        is a sequence in request order. A destination is a numpy array, anything exporting a
+        writable buffer, or a CPU torch tensor (bfloat16 included). Each is checked before anything
+        is requested (ValueError naming the variable and what is wrong): writable, C-contiguous,
+        exactly the bytes of the delivered shape (the slice's, for a slice) and of the dtype the
+        server resolves (the variable's own, else the session's default), and of that dtype and
+        shape (or a same-width integer dtype: bit patterns; or plain uint8 bytes). Nothing is
+        reshaped, cast or truncated, and no two destinations may overlap. A variable without a
+        dtype in a session given by its id alone is refused: its default dtype is not known here.
+
+        Everything `materialize` does still holds: digests are verified, a broken stream resumes
+        (writes go to absolute offsets, so bytes sent again land where they were), `streams` > 1
+        fetches concurrently, sessions apply. If the fetch fails, the destinations hold a part of
+        the values. Returns ``{name: Tensor}`` in request order: each `Tensor.array` is the
+        destination itself when it is a numpy array of the delivered dtype and shape (else a view
+        of its memory as that array), with the effective seed and digest beside it."""
+        request = self.request(variables, seed=seed, session=session)
+        default = session.default_dtype if isinstance(session, Session) else pb.DTYPE_FLOAT32
+        into = _destinations(request, out, session is not None and not isinstance(session, Session), default)
+        tensors = self._fetch_into(request, into, session, streams, progress)
+        return {tensor.name: tensor for tensor in tensors}
 
     def materialize_to_file(
         self,
@@ -649,6 +798,22 @@ class Client:
         return manifest
 
     # -- the fetch machinery ---------------------------------------------------------------------
+
+    def _fetch_into(
+        self,
+        request: pb.MaterializeRequest,
+        into: Mapping[int, np.ndarray],
+        session: Session | str | None,
+        streams: int,
+        progress: Progress | None,
+    ) -> list[Tensor]:
+        """Every variable of `request` as a Tensor, in request order: those with a destination in
+        `into` (by position, checked by `assemble.destination`) written there in place, the others
+        into buffers of their own. `materialize`, `materialize_into` and `fetch_shards` are this."""
+        tensors: dict[int, Tensor] = {}
+        for key, tensor in self._fetch(request, MemorySink(into), session, streams, progress):
+            tensors[key] = tensor
+        return [tensors[i] for i in range(len(request.variables))]
 
     def _fetch(
         self,

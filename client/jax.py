@@ -501,6 +501,8 @@ def materialize_tree(
                 items.append((variable, ranges))
             placed.append((device, seen[ranges]))
         plan.append(placed)
+    # fetch_shards' buffers are 64-byte aligned (assemble.ALIGNMENT), so on CPU jax.device_put adopts
+    # them without a copy; on an accelerator it must copy host to device, the one copy left.
     arrays = fetch_shards(client, items, seed=seed, session=session, streams=streams)
     out = []
     for entry, sharding, placed in zip(entries, placements, plan, strict=True):

@@ -209,14 +209,28 @@ def fetch_shards(
     seed: int = 0,
     session: Session | str | None = None,
     streams: int = 1,
+    out: Sequence[np.ndarray | None] | None = None,
 ) -> list[np.ndarray]:
     """Fetch (variable, slice) pairs (slice None: the whole tensor; a variable's own `slice` is
     replaced) and return the shards in the same order. Identical pairs are fetched once; several
     slices of one variable go in separate requests (a request's names are unique), run
-    concurrently. Needs a non-zero `seed` or a by-name session, so every caller gets the same values."""
+    concurrently. Needs a non-zero `seed` or a by-name session, so every caller gets the same values.
+
+    `out` (one entry per pair, or None): where a pair's bytes go in place, as `Client.materialize_into`
+    checks and writes them (the returned shard is then that memory); None entries get buffers of
+    their own. A pair with a destination is fetched into it even if it repeats another pair."""
+    from .client import Session, _destinations
+
     _check_seed(seed, session)
     specs = [_spec(variable, ranges) for variable, ranges in items]
-    keys = [spec.SerializeToString(deterministic=True) for spec in specs]
+    outs = list(out) if out is not None else [None] * len(specs)
+    if len(outs) != len(specs):
+        raise ValueError(f"out has {len(outs)} entries for {len(specs)} pairs")
+    # A pair with a destination is its own key: it is written there, never shared with another.
+    keys = [
+        s.SerializeToString(deterministic=True) + (b"" if o is None else b"#%d" % i)
+        for i, (s, o) in enumerate(zip(specs, outs, strict=True))
+    ]
     unique: dict[bytes, int] = {}
     rounds: list[list[int]] = []  # indexes into specs, names unique in each round
     names: list[set[str]] = []
@@ -234,8 +248,13 @@ def fetch_shards(
             names.append({specs[i].name})
 
     def run(members: list[int]) -> dict[int, np.ndarray]:
-        arrays = client.materialize([specs[i] for i in members], seed=seed, session=session, streams=streams)
-        return dict(zip(members, arrays.values(), strict=True))
+        request = client.request([specs[i] for i in members], seed=seed, session=session)
+        given = {n: outs[i] for n, i in enumerate(members) if outs[i] is not None}
+        by_id = session is not None and not isinstance(session, Session)
+        default = session.default_dtype if isinstance(session, Session) else pb.DTYPE_FLOAT32
+        into = _destinations(request, given, by_id, default, partial=True)
+        tensors = client._fetch_into(request, into, session, streams, None)
+        return {i: tensor.array for i, tensor in zip(members, tensors, strict=True)}
 
     fetched: dict[int, np.ndarray] = {}
     if len(rounds) <= 1:

@@ -64,6 +64,23 @@ def tensor(array: np.ndarray, *, device: Any = None) -> Any:
     return out if device is None else out.to(device)
 
 
+def host_array(value: Any) -> np.ndarray | None:
+    """A numpy array over torch tensor `value`'s own memory, for writing into it in place (bfloat16
+    as its int16 bit patterns, which numpy can hold), or None when it has no such view: a tensor on
+    a GPU or the meta device (no host memory: the bytes need a host buffer before the
+    host-to-device copy), a non-contiguous one (its bytes are not the delivered order), or one with
+    its conjugate or negative bit set (its memory is not its values)."""
+    import torch
+
+    if value.device.type != "cpu" or not value.is_contiguous() or value.is_conj() or value.is_neg():
+        return None
+    local = value.detach()  # a parameter that requires grad: same storage, numpy allowed
+    try:
+        return local.view(torch.int16).numpy() if local.dtype == torch.bfloat16 else local.numpy()
+    except (TypeError, RuntimeError):  # a dtype numpy has not (float8, ...): staged as before
+        return None
+
+
 def to_torch(arrays: Mapping[str, np.ndarray], *, device: Any = None) -> dict[str, Any]:
     """`{name: array}` (what `Client.materialize` returns) as `{name: torch.Tensor}`, ready for
     ``model.load_state_dict``."""
@@ -577,6 +594,12 @@ def _targets(entries: list[_Entry], dtensor: Any, where: ShardFn | None) -> list
     return targets
 
 
+def _stage(local: Any, array: np.ndarray) -> None:
+    """Copy a fetched host array into an existing tensor with no host view of its own (`host_array`
+    is None: a GPU tensor or shard, a strided one): one copy, host to device where it lives."""
+    local.copy_(tensor(array).view(local.shape))
+
+
 def materialize_module(
     module: Any,
     client: Client,
@@ -620,15 +643,20 @@ def materialize_module(
     targets = _targets(primaries, _dtensor_type(), where)
     wanted = [t for t in targets if t.local is None or t.local.numel() > 0]  # an empty local shard needs nothing
     items = [(_variable(t.entry), t.ranges) for t in wanted]
-    arrays = fetch_shards(client, items, seed=seed, session=session, streams=streams)
+    # A contiguous CPU tensor (or DTensor shard) is written in place by the fetch itself, no copy;
+    # anything else (GPU, meta, strided) is fetched into host buffers first, then copied over.
+    direct = [host_array(t.local) if t.local is not None else None for t in wanted]
+    arrays = fetch_shards(client, items, seed=seed, session=session, streams=streams, out=direct)
     values: dict[str, Any] = {}
     with torch.no_grad():
-        for target, array in zip(wanted, arrays, strict=True):
+        for target, array, written in zip(wanted, arrays, direct, strict=True):
             entry = target.entry
-            if entry.rule.fixup is not None:
+            if entry.rule.fixup is not None:  # on the tensor's own memory when it was written in place
                 entry.rule.fixup(entry.param, array, target.ranges or ())
+            if written is not None:
+                continue
             if target.local is not None:
-                target.local.copy_(tensor(array).view(target.local.shape))
+                _stage(target.local, array)
             else:
                 values[entry.param.key] = tensor(array, device=device)
 
@@ -659,6 +687,7 @@ __all__ = [
     "dtensor_block",
     "explain_table",
     "fan_in",
+    "host_array",
     "matches",
     "materialize_module",
     "module_variables",
