@@ -33,6 +33,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -79,8 +80,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_cli(spec: Path, out: Path, address: str) -> float:
-    """Runs ``weightgen fetch``; returns the child's CPU seconds (user + system)."""
+def run_cli(spec: Path, out: Path, address: str) -> tuple[float, int]:
+    """Runs ``weightgen fetch``; returns the child's CPU seconds (user + system) and its minor page faults."""
     args = [WEIGHTGEN, "fetch", str(spec), "-o", str(out), "--no-progress", "--server", address]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -88,7 +89,7 @@ def run_cli(spec: Path, out: Path, address: str) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"weightgen fetch failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
     proc.stderr.close()
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime, usage.ru_minflt
 
 
 class Bench:
@@ -106,13 +107,14 @@ class Bench:
             path.write_text(json_format.MessageToJson(request(seed)))
         return path
 
-    def fetch(self, way: str, seed: int, out: Path) -> tuple[float, float, float]:
-        """(seconds, client CPU seconds, server CPU seconds) of one fetch."""
+    def fetch(self, way: str, seed: int, out: Path) -> tuple[float, float, float, int]:
+        """(seconds, client CPU seconds, server CPU seconds, client minor page faults) of one fetch."""
         if out.exists():
             out.unlink()  # outside the timing
         spec = self.spec(seed) if way == "CLI" else None
         message = request(seed)
         server0, client0 = cpu_seconds(self.server_pid), time.process_time()
+        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = time.perf_counter()
         if way == "memory":
             arrays = self.client.materialize(message)
@@ -120,18 +122,19 @@ class Bench:
         elif way == "file":
             self.client.materialize_to_file(message, out)
         else:
-            child_cpu = run_cli(spec, out, self.address)
+            child_cpu, child_faults = run_cli(spec, out, self.address)
         seconds = time.perf_counter() - t
         client_cpu = child_cpu if way == "CLI" else time.process_time() - client0
+        faults = child_faults if way == "CLI" else resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
         server_cpu = cpu_seconds(self.server_pid) - server0
         if way == "memory":
             del arrays
-        return seconds, client_cpu, server_cpu
+        return seconds, client_cpu, server_cpu, faults
 
     def phase(self, repeats: int, seeds) -> dict[str, list[tuple[float, float, float]]]:
-        results: dict[str, list[tuple[float, float, float]]] = {way: [] for way in WAYS}
+        results: dict[str, list[tuple[float, float, float, int]]] = {way: [] for way in WAYS}
         for r in range(repeats):
-            for way in WAYS:
+            for way in WAYS[r % 3 :] + WAYS[: r % 3]:  # rotated: no way always first
                 out = self.workdir / f"{way}.safetensors"
                 results[way].append(self.fetch(way, seeds(r, way), out))
         return results
@@ -168,7 +171,7 @@ def cli_start_cost(bench: Bench) -> tuple[float, float]:
         if out.exists():
             out.unlink()
         t = time.perf_counter()
-        cpu = run_cli(spec, out, bench.address)
+        cpu, _ = run_cli(spec, out, bench.address)
         runs.append((time.perf_counter() - t, cpu))
     return min(runs)
 
@@ -178,15 +181,16 @@ def report(title: str, results, gib: float) -> dict[str, float]:
     median = {way: float(np.median([r[0] for r in rows])) for way, rows in results.items()}
     print(f"### {title}")
     print()
-    print("| fetch | best GB/s | best / memory | median GB/s | median / memory | CPU s/GiB client | server |")
-    print("|---|---|---|---|---|---|---|")
+    print("| fetch | best GB/s | best / mem | median GB/s | median / mem | CPU s/GiB client | server | faults/GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for way, rows in results.items():
         b, m = NBYTES / best[way] / 1e9, NBYTES / median[way] / 1e9
         client_cpu = float(np.median([r[1] for r in rows])) / gib
         server_cpu = float(np.median([r[2] for r in rows])) / gib
+        faults = float(np.median([r[3] for r in rows])) / gib
         print(
             f"| {way} | {b:.3f} | {best['memory'] / best[way]:.2f}x | {m:.3f} | {median['memory'] / median[way]:.2f}x "
-            f"| {client_cpu:.2f} | {server_cpu:.2f} |"
+            f"| {client_cpu:.2f} | {server_cpu:.2f} | {faults:,.0f} |"
         )
     print()
     return {way: min(best["memory"] / best[way], median["memory"] / median[way]) for way in ("file", "CLI")}
