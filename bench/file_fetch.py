@@ -12,7 +12,8 @@ ways with the client's defaults (largest chunk, XXH3-128 digest, verified):
 - CLI: the ``weightgen fetch SPEC.json -o path --no-progress`` command, a whole process (its Python
   start-up and imports included; also measured alone on a one-element spec).
 
-Two phases, each with the three ways interleaved so that each sees the same load on a shared machine:
+Two phases, each with the three ways interleaved, in a new seeded random order every repeat, so that each sees
+the same load on a shared machine:
 
 - generating: every fetch has a seed of its own, so the server generates and hashes every byte
   (nothing is in its block cache or on its digest board);
@@ -33,6 +34,7 @@ import argparse
 import datetime
 import os
 import platform
+import random
 import resource
 import shutil
 import subprocess
@@ -133,8 +135,11 @@ class Bench:
 
     def phase(self, repeats: int, seeds) -> dict[str, list[tuple[float, float, float]]]:
         results: dict[str, list[tuple[float, float, float, int]]] = {way: [] for way in WAYS}
+        shuffle = random.Random(13)
         for r in range(repeats):
-            for way in WAYS[r % 3 :] + WAYS[: r % 3]:  # rotated: no way always first
+            # A new order every repeat (seeded): no way always first, or always after the same one
+            # (a rotation kept memory always after the CLI's process, which cost it twice the CPU).
+            for way in shuffle.sample(WAYS, len(WAYS)):
                 out = self.workdir / f"{way}.safetensors"
                 results[way].append(self.fetch(way, seeds(r, way), out))
         return results

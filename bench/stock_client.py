@@ -6,7 +6,7 @@ One weightgen server subprocess (``--devices auto``, warm, block cache on) serve
 (random_normal float32 [4096, 16384] = 256 MiB; every variant fetches it after a warm-up, so the
 server's cost is the same for each: asserted with its block-cache metrics) with the client's
 default chunk (`wire.MAX_CHUNK_BYTES`) and an XXH3-128 digest (``MaterializeRequest.digest_algorithm``),
-to each of these, interleaved ``--repeats`` times (the order rotated each time) so that each sees
+to each of these, interleaved ``--repeats`` times (in a new, seeded random order each time) so that each sees
 the same load:
 
 1. fast path: the project's own receive loop: ``channel.unary_stream(..., response_deserializer=None)``,
@@ -35,6 +35,7 @@ import argparse
 import datetime
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -225,8 +226,10 @@ def main() -> None:
             _, _, out = run_external(command, server.address, request_file)
             assert out.split("\t")[-1].strip() == expected.hex(), (name, out)
         misses, hits = server.metric("weightgen_cache_misses_total"), server.metric("weightgen_cache_hits_total")
-        for r in range(args.repeats):
-            for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated: no variant always first
+        shuffle = random.Random(13)
+        for _ in range(args.repeats):
+            # A new order every repeat (seeded): no variant always first, or always after the same one.
+            for name in shuffle.sample(names, len(names)):
                 server0, client0 = cpu_seconds(server.proc.pid), time.process_time()
                 if name in variants:
                     t = time.perf_counter()
