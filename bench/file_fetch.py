@@ -137,8 +137,8 @@ class Bench:
         results: dict[str, list[tuple[float, float, float, int]]] = {way: [] for way in WAYS}
         shuffle = random.Random(13)
         for r in range(repeats):
-            # A new order every repeat (seeded): no way always first, or always after the same one
-            # (a rotation kept memory always after the CLI's process, which cost it twice the CPU).
+            # A new order every repeat (seeded): no way always first, or always after the same one (in
+            # stock_client.py the variant that always followed an example client's process paid for it).
             for way in shuffle.sample(WAYS, len(WAYS)):
                 out = self.workdir / f"{way}.safetensors"
                 results[way].append(self.fetch(way, seeds(r, way), out))
