@@ -180,7 +180,8 @@ def test_file_and_cli_fetch_equal_the_in_memory_fetch(client, server, tmp_path):
     arrays = client.materialize(request)
     assert [a.dtype.name for a in arrays.values()] == ["float32", "bfloat16", "float16", "int8", "complex64", "float32"]
     assert arrays["shard"].shape == (300, 128) and all(a.nbytes > 2 * request.chunk_bytes for a in arrays.values())
-    assert np.unique(arrays["q_int8"]).tolist() == [-3] and np.all(arrays["w_f16"].view(np.uint16))  # no zero fill
+    assert np.unique(arrays["q_int8"]).tolist() == [-3]
+    assert np.count_nonzero(arrays["w_f16"]) > 0.99 * arrays["w_f16"].size  # values, not a zero fill
 
     by_client = tmp_path / "client.safetensors"
     client.materialize_to_file(request, by_client)
