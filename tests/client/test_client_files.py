@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
 import pytest
 from client_helpers import same_bytes, xxh3
+from google.protobuf import json_format
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from weightgen.client import Variable, errors, init, read_manifest
-from weightgen.client.files import Manifest, SafetensorsWriter, read_header
+from weightgen.client.files import Manifest, SafetensorsWriter, iter_tensors, read_header
 from weightgen.client.specs import variable_specs
 from weightgen.client.verify import verify_file
 from weightgen.v1 import weightgen_pb2 as pb
@@ -156,3 +159,52 @@ def test_verify_names_a_file_made_under_another_contract(client, tmp_path):
     path.write_bytes(raw.replace(field.format(CONTRACT).encode(), field.format(older).encode()))
     checks = verify_file(client, path)
     assert checks and all(f"made under contract {older}, the server speaks {CONTRACT}" in c.problems[0] for c in checks)
+
+
+# Several chunks per tensor (64 KiB, the smallest a server sends), the dtypes a file can hold in
+# every width, and a slice: what test_file_equals_the_arrays_and_reloads and the CLI's own tests
+# (one chunk per tensor; float32 only through the CLI) do not cover.
+MULTI_CHUNK = [
+    Variable("w32", (160, 256), init.he_normal()),  # 160 KiB: 3 chunks; every tensor here spans 3
+    Variable("w_bf16", (300, 256), init.glorot_uniform(), dtype="bfloat16"),
+    Variable("w_f16", (257, 300), "random_normal(stddev=0.5)", dtype="float16"),
+    Variable("q_int8", (140000,), init.constant(value=-3), dtype="int8"),
+    Variable("z_c64", (96, 200), init.random_normal(stddev=1.0), dtype="complex64"),
+    Variable("shard", (512, 160), "lecun_uniform", slice=np.s_[100:400, 16:144]),
+]
+
+
+def test_file_and_cli_fetch_equal_the_in_memory_fetch(client, server, tmp_path):
+    request = client.request(MULTI_CHUNK, seed=77)
+    request.chunk_bytes = 64 << 10
+    arrays = client.materialize(request)
+    assert [a.dtype.name for a in arrays.values()] == ["float32", "bfloat16", "float16", "int8", "complex64", "float32"]
+    assert arrays["shard"].shape == (300, 128) and all(a.nbytes > 2 * request.chunk_bytes for a in arrays.values())
+    assert np.unique(arrays["q_int8"]).tolist() == [-3]
+    assert np.count_nonzero(arrays["w_f16"]) > 0.99 * arrays["w_f16"].size  # values, not a zero fill
+
+    by_client = tmp_path / "client.safetensors"
+    client.materialize_to_file(request, by_client)
+    spec = tmp_path / "request.json"
+    spec.write_text(json_format.MessageToJson(request))
+    by_cli = tmp_path / "cli.safetensors"
+    command = ["fetch", str(spec), "-o", str(by_cli), "--no-progress", "--server", server.address]
+    result = subprocess.run(
+        [sys.executable, "-m", "weightgen.client.cli", *command],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    for path in (by_client, by_cli):
+        # Two readers: safetensors' own, and the project's memory maps.
+        loaded = load_file(path)
+        mapped = {tensor.name: view for tensor, view in iter_tensors(path)}
+        assert set(loaded) == set(mapped) == set(arrays), path.name
+        for name, array in arrays.items():
+            assert same_bytes(loaded[name], array), f"{path.name}: {name}"
+            assert same_bytes(np.asarray(mapped[name]), array), f"{path.name}: {name} (iter_tensors)"
+        assert [v.digest for v in read_manifest(path).variables] == [xxh3(a).hex() for a in arrays.values()]
+    # The same request gives the same file, whichever way it was fetched.
+    assert by_client.read_bytes() == by_cli.read_bytes()
