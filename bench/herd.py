@@ -173,6 +173,9 @@ def main() -> None:
     parser.add_argument("--cache-bytes", type=int, default=None, help="server --cache-bytes (default: its own)")
     parser.add_argument("--server-args", default="", help="more server flags, e.g. '--chunk-cache-bytes 0'")
     parser.add_argument("--digest", default="xxh3_128", help="the digest the requests ask for")
+    parser.add_argument(
+        "--server-python", default=sys.executable, help="another checkout's interpreter, to measure its server"
+    )
     args = parser.parse_args()
 
     import json
@@ -189,7 +192,7 @@ def main() -> None:
         if args.cache_bytes is not None:
             flags += ["--cache-bytes", str(args.cache_bytes)]
         flags += args.server_args.split()
-        server = launch(Path(tmp) / "server", *flags, cache_dir=Path(tmp) / "xla")
+        server = launch(Path(tmp) / "server", *flags, cache_dir=Path(tmp) / "xla", python=args.server_python)
         raw, raw_port = start_raw(Path(tmp))
         try:
             cache = server.metric("weightgen_cache_max_bytes")
@@ -230,8 +233,8 @@ def main() -> None:
     )
     print(
         f"tensor: random_normal float32 {shape_for(args.mib)} = {nbytes / 2**20:.0f} MiB, {calls} kernel calls; "
-        f"server --devices {args.devices} {args.server_args}, block cache {cache / 2**20:.0f} MiB, chunk cache "
-        f"{chunk_cache / 2**20:.0f} MiB; digest {args.digest}; {args.clients} receiver processes"
+        f"server {args.server_python} --devices {args.devices} {args.server_args}, block cache {cache / 2**20:.0f} "
+        f"MiB, chunk cache {chunk_cache / 2**20:.0f} MiB; digest {args.digest}; {args.clients} receiver processes"
     )
     print()
     print(
