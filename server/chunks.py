@@ -21,9 +21,12 @@ still share the generation and the digest.
 
 What the board keeps is bounded by `max_bytes` (reserved against the memory budget with the other
 caches) and evicted least recently used first:
-- a lane whose messages fit in half the board (`retain`) stays after its streams have
-  passed, so a repeat of the same fetch (a trainer restarting, ranks that start one after the
-  other) sends ready messages;
+- a lane whose messages fit in half the board (`fits`) keeps them while any stream of it is in
+  progress, so a stream that joins late finds every message built; when its last stream ends they
+  stay only if the lane was asked for more than once (two streams at once, or a lane seen before:
+  a bounded memory of recent lanes, `REMEMBERED`), so a repeat (a trainer restarting, ranks that
+  start one after the other) sends ready messages from its third fetch on, while requests that
+  never repeat (most of them) leave nothing behind to churn the cache;
 - a larger lane's messages are kept only while a stream of the lane has yet to send them, and
   only once a second stream has joined: a one-off 4 GiB stream fills nothing.
 A stream that finds its message evicted builds it again from the engine, which is always correct:
@@ -40,9 +43,13 @@ from dataclasses import dataclass, field
 from weightgen.server.engine.cache import wait_for
 
 RETAIN_FRACTION = 2
-"""A lane is retained after its streams end when its messages fit in 1/RETAIN_FRACTION of the
-board: any number of small and medium variables, while one variable cannot push out all the
+"""A lane's messages are kept for late joiners and repeats when they fit in 1/RETAIN_FRACTION of
+the board: any number of small and medium variables, while one variable cannot push out all the
 rest."""
+
+REMEMBERED = 4096
+"""Lanes whose hashes the board remembers after their messages are gone, to tell a repeat from a
+first request (8 bytes each; a hash collision only keeps a lane it need not have kept)."""
 
 
 def chunk_count(byte_size: int, resume_offset: int, chunk_bytes: int) -> int:
@@ -54,7 +61,8 @@ def chunk_count(byte_size: int, resume_offset: int, chunk_bytes: int) -> int:
 
 @dataclass
 class _Lane:
-    retain: bool
+    fits: bool  # its messages fit in 1/RETAIN_FRACTION of the board
+    repeated: bool = False  # asked for more than once: keep its messages when its streams end
     readers: dict[int, int] = field(default_factory=dict)  # stream token -> next message number
     building: dict[int, threading.Event] = field(default_factory=dict)
     held: set[int] = field(default_factory=set)  # message numbers in the board
@@ -67,6 +75,7 @@ class ChunkBoard:
         self.max_bytes = max_bytes
         self._messages: OrderedDict[tuple[Hashable, int], bytes] = OrderedDict()
         self._lanes: dict[Hashable, _Lane] = {}
+        self._seen: OrderedDict[int, None] = OrderedDict()  # hashes of recent lanes
         self._lock = threading.Lock()
         self._tokens = 0
         self.bytes = 0
@@ -83,7 +92,15 @@ class ChunkBoard:
         with self._lock:
             state = self._lanes.get(lane)
             if state is None:
-                state = self._lanes[lane] = _Lane(retain=lane_bytes * RETAIN_FRACTION <= self.max_bytes)
+                state = self._lanes[lane] = _Lane(fits=lane_bytes * RETAIN_FRACTION <= self.max_bytes)
+                seen = hash(lane)
+                state.repeated = seen in self._seen
+                self._seen[seen] = None
+                self._seen.move_to_end(seen)
+                if len(self._seen) > REMEMBERED:
+                    self._seen.popitem(last=False)
+            else:
+                state.repeated = True
             self._tokens += 1
             token = self._tokens
             state.readers[token] = 0
@@ -119,7 +136,7 @@ class ChunkBoard:
             state = self._lanes[lane]
             done = state.building.pop(n, None)
             # A large lane with a single stream keeps nothing: nobody else would take it.
-            if (state.retain or len(state.readers) > 1) and len(message) <= self.max_bytes:
+            if (state.fits or len(state.readers) > 1) and len(message) <= self.max_bytes:
                 self._messages[(lane, n)] = message
                 state.held.add(n)
                 self.bytes += len(message)
@@ -138,10 +155,10 @@ class ChunkBoard:
         with self._lock:
             state = self._lanes[lane]
             state.readers.pop(token, None)
-            if not state.retain:
-                self._drop_passed(lane, state)
+            if not state.fits or not (state.readers or state.repeated):
+                self._drop_passed(lane, state)  # with no reader left: every message
             if not state.readers and not state.building and not state.held:
-                del self._lanes[lane]
+                self._lanes.pop(lane, None)
 
     def _advance(self, lane: Hashable, token: int, position: int) -> None:
         state = self._lanes[lane]
@@ -149,11 +166,11 @@ class ChunkBoard:
         if before is None:
             return
         state.readers[token] = position
-        if not state.retain and state.held and before <= min(state.readers.values(), default=position):
+        if not state.fits and state.held and before <= min(state.readers.values(), default=position):
             self._drop_passed(lane, state)
 
     def _drop_passed(self, lane: Hashable, state: _Lane) -> None:
-        """A lane that is not retained: drop the messages every remaining stream has sent."""
+        """Drop the lane's messages every remaining stream has sent (all of them when none is left)."""
         lowest = min(state.readers.values(), default=None)
         for n in [n for n in state.held if lowest is None or n < lowest]:
             self._remove((lane, n), state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -72,9 +73,15 @@ def collect(chunks: Iterable[pb.TensorChunk]) -> dict[int, Received]:
     return out
 
 
-def fetch(stub, request: pb.MaterializeRequest) -> dict[int, Received]:
-    """Materialize `request` and collect it; checks every variable's byte count and digest."""
-    received = collect(stub.Materialize(request, timeout=TIMEOUT))
+def fetch(stub, request: pb.MaterializeRequest, after_first: Callable[[], object] | None = None) -> dict[int, Received]:
+    """Materialize `request` and collect it; checks every variable's byte count and digest.
+    `after_first` is called once the first chunk has arrived (the stream is in progress)."""
+    responses = stub.Materialize(request, timeout=TIMEOUT)
+    if after_first is not None:
+        first = next(responses)
+        after_first()
+        responses = itertools.chain([first], responses)
+    received = collect(responses)
     assert sorted(received) == list(range(len(request.variables)))
     for index, got in received.items():
         resume = request.variables[index].resume_offset

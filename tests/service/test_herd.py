@@ -1,8 +1,10 @@
 """Herds: N concurrent identical requests generate once, hash once and build each message once.
 
 Identical requests are one lane of the chunk board (server/chunks.py): each of the variable's
-messages is built by one stream (single-flight: the others wait for it or find it ready), so for
-any interleaving of the streams (the lane fits the default chunk cache, which keeps it whole):
+messages is built by one stream (single-flight: the others wait for it or find it ready). The lane
+fits the default chunk cache, which keeps all its messages while any of its streams is in progress
+(and afterwards, as it was asked for more than once), so once every member's stream has started
+(each waits for the others after its first chunk), for any interleaving of the rest:
 
     built  = weightgen_chunks_built   = messages of one fetch
     shared = weightgen_chunks_shared  = (N - 1) * (messages of one fetch)
@@ -77,13 +79,15 @@ def test_identical_concurrent_requests_generate_once(server):
 
         # The herd: HERD identical requests at once, for another tensor nobody asked for before.
         request = pb.MaterializeRequest(seed=8, variables=[var("herd/many", SHAPE, init(he_normal={}))])
-        start = threading.Barrier(HERD)
+        start, joined = threading.Barrier(HERD), threading.Barrier(HERD, timeout=120)
         results: list = [None] * HERD
 
         def member(i: int) -> None:
             start.wait()
             try:
-                results[i] = bytes(fetch(stub, request)[0].data)  # digest checked
+                # Every member's stream is in progress before any may end (what makes them a herd
+                # rather than a queue of repeats): each waits, after its first chunk, for all.
+                results[i] = bytes(fetch(stub, request, after_first=joined.wait)[0].data)  # digest checked
             except BaseException as error:
                 results[i] = error
 
