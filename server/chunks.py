@@ -112,14 +112,20 @@ class ChunkBoard:
 
     # -- for Tap ---------------------------------------------------------------------------------
 
+    def _found(self, lane: Hashable, token: int, n: int) -> bytes | None:
+        """Message n of `lane` if the board has it, counted as shared (under `_lock`)."""
+        message = self._messages.get((lane, n))
+        if message is not None:
+            self._messages.move_to_end((lane, n))
+            self.shared += 1
+            self._advance(lane, token, n + 1)
+        return message
+
     def _take(self, lane: Hashable, token: int, n: int, cancelled: threading.Event | None) -> bytes | None:
         while True:
             with self._lock:
-                message = self._messages.get((lane, n))
+                message = self._found(lane, token, n)
                 if message is not None:
-                    self._messages.move_to_end((lane, n))
-                    self.shared += 1
-                    self._advance(lane, token, n + 1)
                     return message
                 state = self._lanes[lane]
                 building = state.building.get(n)
@@ -191,17 +197,13 @@ class ChunkBoard:
 class Tap:
     """One stream's access to its lane of a `ChunkBoard`, message by message, in order (numbers
     may skip forward). `take(n)` returns message n or None, and None makes this stream its builder:
-    it must `offer(n, message)` or `abandon(n)`."""
+    it must `offer(n, message)` or `abandon()`."""
 
     def __init__(self, board: ChunkBoard, lane: Hashable | None, token: int):
         self._board = board
         self._lane = lane
         self._token = token
         self._building: int | None = None
-
-    @property
-    def shared(self) -> bool:
-        return self._lane is not None
 
     def take(self, n: int, cancelled: threading.Event | None = None) -> bytes | None:
         """Message n if the board has it (waiting while another stream builds it; Cancelled once
@@ -218,15 +220,8 @@ class Tap:
         (for the event loop)."""
         if self._lane is None:
             return None
-        board = self._board
-        with board._lock:
-            message = board._messages.get((self._lane, n))
-            if message is None:
-                return None
-            board._messages.move_to_end((self._lane, n))
-            board.shared += 1
-            board._advance(self._lane, self._token, n + 1)
-            return message
+        with self._board._lock:
+            return self._board._found(self._lane, self._token, n)
 
     def offer(self, n: int, message: bytes) -> None:
         """This stream built message n (counted as built whether or not the lane is shared)."""
