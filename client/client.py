@@ -400,16 +400,17 @@ def _as_array(value: Any) -> np.ndarray:
 def _destinations(
     request: pb.MaterializeRequest,
     out: Mapping[str | int, Any] | Sequence[Any],
-    by_id: bool,
-    default: int,
+    session: Session | str | None,
     *,
     partial: bool = False,
 ) -> dict[int, np.ndarray]:
     """`materialize_into`'s `out` as checked destinations by request position, the dtype of each
     variable with one pinned in `request` to the one it resolves to (so the server cannot deliver
-    another). `by_id`: the session is given by its id, so its default dtype is unknown; else
-    `default`. `partial`: variables without a destination are allowed (they get buffers of their
-    own; `fetch_shards` with some targets in place)."""
+    another): the variable's own, else the session's default (unknown for a session given by its
+    id alone: refused), else float32. `partial`: variables without a destination are allowed (they
+    get buffers of their own; `fetch_shards` with some targets in place)."""
+    by_id = session is not None and not isinstance(session, Session)
+    default = session.default_dtype if isinstance(session, Session) else pb.DTYPE_FLOAT32
     specs = request.variables
     names = {spec.name: i for i, spec in enumerate(specs)}
     given: dict[int, Any] = {}
@@ -726,8 +727,7 @@ class Client:
         destination itself when it is a numpy array of the delivered dtype and shape (else a view
         of its memory as that array), with the effective seed and digest beside it."""
         request = self.request(variables, seed=seed, session=session)
-        default = session.default_dtype if isinstance(session, Session) else pb.DTYPE_FLOAT32
-        into = _destinations(request, out, session is not None and not isinstance(session, Session), default)
+        into = _destinations(request, out, session)
         tensors = self._fetch_into(request, into, session, streams, progress)
         return {tensor.name: tensor for tensor in tensors}
 

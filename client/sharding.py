@@ -219,7 +219,7 @@ def fetch_shards(
     `out` (one entry per pair, or None): where a pair's bytes go in place, as `Client.materialize_into`
     checks and writes them (the returned shard is then that memory); None entries get buffers of
     their own. A pair with a destination is fetched into it even if it repeats another pair."""
-    from .client import Session, _destinations
+    from .client import _destinations
 
     _check_seed(seed, session)
     specs = [_spec(variable, ranges) for variable, ranges in items]
@@ -250,9 +250,7 @@ def fetch_shards(
     def run(members: list[int]) -> dict[int, np.ndarray]:
         request = client.request([specs[i] for i in members], seed=seed, session=session)
         given = {n: outs[i] for n, i in enumerate(members) if outs[i] is not None}
-        by_id = session is not None and not isinstance(session, Session)
-        default = session.default_dtype if isinstance(session, Session) else pb.DTYPE_FLOAT32
-        into = _destinations(request, given, by_id, default, partial=True)
+        into = _destinations(request, given, session, partial=True)
         tensors = client._fetch_into(request, into, session, streams, None)
         return {i: tensor.array for i, tensor in zip(members, tensors, strict=True)}
 

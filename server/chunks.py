@@ -10,7 +10,7 @@ messages: a `ChunkBoard` keeps the messages of each "lane", and a stream takes m
 lane when the board has it, waits for it when another stream is building it (single-flight), and
 builds it (and offers it) otherwise.
 
-A lane is everything that decides a message's bytes (`lane_key`): the content (two prepared
+A lane is everything that decides a message's bytes (`ChunkEncoder.lane`): the content (two prepared
 variables with equal content keys deliver equal bytes), the variable's index in its request, the
 chunk size and resume offset (where chunks start), the serialized TensorInfo (first chunk) and the
 sequence positions (a sequential session's first chunk), and the digest algorithm (last chunk).

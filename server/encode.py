@@ -84,6 +84,27 @@ class ChunkEncoder:
         self._position = 0  # offset of the next byte the engine delivers
         self.sequence_indexes = sequence_indexes  # the batch's positions, on this stream's first chunk
 
+    @property
+    def lane(self) -> tuple | None:
+        """What decides every byte of the variable's messages (server/chunks.py); None when its
+        content has no key (a broadcast): nothing to share."""
+        if self._content is None:
+            return None
+        return (
+            self._content,
+            self.index,
+            self.chunk_bytes,
+            self.resume_offset,
+            self.info,
+            self.sequence_indexes,
+            self.digest_algorithm,
+        )
+
+    @property
+    def lane_bytes(self) -> int:
+        """What all the variable's messages come to, generously."""
+        return self.byte_size + self.count * FRAMING_BYTES + len(self.info)
+
     def span(self, n: int) -> tuple[int, int]:
         """The bytes [start, stop) of chunk n."""
         start = self.resume_offset + n * self.chunk_bytes
@@ -112,8 +133,6 @@ class ChunkEncoder:
             digest=self._digest.digest() if last and self._digest is not None else b"",
             sequence_indexes=self.sequence_indexes if n == 0 else (),
         )
-        if last:
-            self.close()
         return message
 
     def close(self) -> None:
@@ -121,6 +140,10 @@ class ChunkEncoder:
         if self._joined:
             self._joined = False
             self._board.leave(self._content, self._digest)
+        self._close_pieces()
+
+    def _close_pieces(self) -> None:
+        """Release what the engine has in flight for the pieces opened so far."""
         close = getattr(self._pieces, "close", None)
         if close is not None:
             close()
@@ -137,9 +160,7 @@ class ChunkEncoder:
         if self._pieces is not None:
             if first * self._itemsize <= self._position:
                 return  # the engine is in that piece already: read on
-            close = getattr(self._pieces, "close", None)
-            if close is not None:
-                close()
+            self._close_pieces()
         self._pieces, self._position = self._source.open(skip), first * self._itemsize
 
     def _feed(self, piece: np.ndarray) -> None:
@@ -197,38 +218,15 @@ class EngineSource:
         return self._engine.stream(self._prepared, cancelled=self._cancelled, skip=skip)
 
 
-def lane_key(encoder: ChunkEncoder, prepared: eng.Prepared) -> tuple | None:
-    """What decides every byte of the variable's messages (server/chunks.py); None when its
-    content has no key (a broadcast): nothing to share."""
-    content = prepared.content_key
-    if content is None:
-        return None
-    return (
-        content,
-        encoder.index,
-        encoder.chunk_bytes,
-        encoder.resume_offset,
-        encoder.info,
-        encoder.sequence_indexes,
-        encoder.digest_algorithm,
-    )
-
-
 class Outgoing:
     """A variable on its way out, message by message. `ready` (the event loop) hands out a message
     the board has now; `next` (an executor thread) takes it from the board, waiting while another
     stream builds it, or builds it. `close` may come from any thread; it waits for a `next` in
     progress."""
 
-    def __init__(
-        self,
-        encoder: ChunkEncoder,
-        board: ChunkBoard,
-        lane: tuple | None,
-        cancelled: threading.Event | None = None,
-    ):
+    def __init__(self, encoder: ChunkEncoder, board: ChunkBoard, cancelled: threading.Event | None = None):
         self.encoder = encoder
-        self._tap: Tap = board.join(lane, encoder.byte_size + encoder.count * FRAMING_BYTES + len(encoder.info))
+        self._tap: Tap = board.join(encoder.lane, encoder.lane_bytes)
         self._cancelled = cancelled
         self._number = 0  # the next message to send
         self.done = False

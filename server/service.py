@@ -26,7 +26,7 @@ from weightgen.server.admission import PARSE_FACTOR, PER_VARIABLE_BYTES, Admissi
 from weightgen.server.chunks import ChunkBoard
 from weightgen.server.config import Config
 from weightgen.server.digests import DigestBoard
-from weightgen.server.encode import ChunkEncoder, EngineSource, Outgoing, lane_key
+from weightgen.server.encode import ChunkEncoder, EngineSource, Outgoing
 from weightgen.server.metrics import Metrics
 from weightgen.server.status import RequestError, exhausted, invalid, unavailable
 from weightgen.v1 import weightgen_pb2 as pb
@@ -223,7 +223,7 @@ class WeightGenService:
                     batch.digest,
                 )
                 positions = ()
-                outgoing = Outgoing(encoder, self.chunks, lane_key(encoder, prepared), ticket.cancelled)
+                outgoing = Outgoing(encoder, self.chunks, ticket.cancelled)
                 t0 = time.perf_counter()
                 try:
                     sent = 0
@@ -232,9 +232,10 @@ class WeightGenService:
                         ticket.writing_since = time.monotonic()
                         await _write(context, message)
                         ticket.writing_since = None
-                        step, sent = outgoing.sent_bytes() - sent, outgoing.sent_bytes()  # data, not framing
-                        self.metrics.bytes_streamed.inc(step)
-                        call.fields["bytes"] += step
+                        now = outgoing.sent_bytes()  # data, not framing
+                        self.metrics.bytes_streamed.inc(now - sent)
+                        call.fields["bytes"] += now - sent
+                        sent = now
                 finally:
                     if not outgoing.done:
                         # On a thread: a `next` in progress holds the stream until it returns.

@@ -49,8 +49,9 @@ def copy_runs(values: np.ndarray, positions: np.ndarray, length: int, out: np.nd
         out = np.empty((positions.size, length), values.dtype)
     if positions.size == 0:
         return out
-    step = int(positions[1] - positions[0]) if positions.size > 1 else length
-    if step >= length and (positions.size < 3 or bool((np.diff(positions) == step).all())):
+    steps = np.diff(positions)
+    step = int(steps[0]) if steps.size else length
+    if step >= length and bool((steps == step).all()):
         item = values.strides[0]
         out[...] = np.lib.stride_tricks.as_strided(
             values[int(positions[0]) :], shape=(positions.size, length), strides=(step * item, item), writeable=False
