@@ -190,6 +190,14 @@ def raw_server(port_file: str) -> None:
     asyncio.run(main())
 
 
+def stop_servers(server, raw_proc: subprocess.Popen) -> None:
+    """Stop the bare wire and the weightgen server (its log's tail to stderr if it failed)."""
+    raw_proc.terminate()
+    raw_proc.wait(30)
+    if server.stop() != 0:
+        print(server.log()[-4000:], file=sys.stderr)
+
+
 def start_raw(workdir: Path) -> tuple[subprocess.Popen, int]:
     port_file = workdir / "raw-port"
     proc = subprocess.Popen([sys.executable, __file__, "--raw-server", str(port_file)])
@@ -303,11 +311,7 @@ def cached(mib: int, repeats: int, server_args: list[str]) -> None:
     finally:
         for client in clients.values():
             client.close()
-        raw_proc.terminate()
-        raw_proc.wait(30)
-        code = server.stop()
-        if code != 0:
-            print(server.log()[-4000:], file=sys.stderr)
+        stop_servers(server, raw_proc)
     wire_gbps = gbps(nbytes, results["bare wire"])
     wire_median = gbps(nbytes, medians["bare wire"])
     extra = f" --server-args '{' '.join(server_args)}'" if server_args else ""
@@ -433,11 +437,7 @@ def main() -> None:
                     line += f", client {gbps(nbytes, client_seconds):.3f}"
                 print(line, flush=True)
     finally:
-        raw_proc.terminate()
-        raw_proc.wait(30)
-        code = server.stop()
-        if code != 0:
-            print(server.log()[-4000:], file=sys.stderr)
+        stop_servers(server, raw_proc)
 
     in_gbps = gbps(nbytes, engine["seconds"])
     print()
